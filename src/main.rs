@@ -1,1 +1,65 @@
-fn main() {}
+//! `mosaic`: the command line. Library crates hold the logic; this file
+//! parses arguments, draws progress, prints results and maps errors to
+//! exit codes: 0 success, 1 invalid input (verification failure, conflict,
+//! corrupt file), 2 usage or environment error.
+
+mod cmd_demo;
+mod cmd_fragment;
+mod util;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "mosaic",
+    version,
+    about = "Serve signed, merged image fragments as a verified block device"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate an ed25519 signing key: KEY (PKCS#8 PEM, 0600) and KEY.pub (SPKI PEM)
+    Keygen {
+        /// Where to write the secret key; the public key goes to KEY.pub
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Replace existing key files
+        #[arg(long)]
+        force: bool,
+    },
+    /// Build, check and look into fragments
+    #[command(subcommand)]
+    Fragment(cmd_fragment::FragmentCmd),
+    /// Build a demo fragment set from a generated tree, verify and inspect it
+    Demo {
+        /// Working directory (reused on a re-run)
+        #[arg(long, default_value = "mosaic-demo")]
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Keygen { output, force } => cmd_fragment::keygen(&output, force),
+        Command::Fragment(c) => cmd_fragment::run(c),
+        Command::Demo { dir } => cmd_demo::run(&dir),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mosaic: {e:#}");
+            util::exit_code_for(&e)
+        }
+    }
+}

@@ -111,7 +111,11 @@ struct ScanInode {
 fn src_err(path: &Path, what: &str) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.to_owned();
     let what = what.to_owned();
-    move |e| Error::Source { path, what, source: Some(e) }
+    move |e| Error::Source {
+        path,
+        what,
+        source: Some(e),
+    }
 }
 
 fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
@@ -131,7 +135,12 @@ fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     Ok(out)
 }
 
-fn scan_inode(path: &Path, md: &fs::Metadata, tree_path: &[u8], opts: &BuildOptions) -> Result<ScanInode> {
+fn scan_inode(
+    path: &Path,
+    md: &fs::Metadata,
+    tree_path: &[u8],
+    opts: &BuildOptions,
+) -> Result<ScanInode> {
     let ft = md.file_type();
     let kind = if ft.is_file() {
         Kind::Regular
@@ -148,13 +157,21 @@ fn scan_inode(path: &Path, md: &fs::Metadata, tree_path: &[u8], opts: &BuildOpti
     } else if ft.is_socket() {
         Kind::Socket
     } else {
-        return Err(Error::Source { path: path.to_owned(), what: "unknown file type".into(), source: None });
+        return Err(Error::Source {
+            path: path.to_owned(),
+            what: "unknown file type".into(),
+            source: None,
+        });
     };
     let target = if kind == Kind::Symlink {
         let t = fs::read_link(path).map_err(src_err(path, "read symlink"))?;
         let t = t.as_os_str().as_bytes().to_vec();
         if t.is_empty() || t.len() > crate::meta::SYMLINK_MAX {
-            return Err(Error::Source { path: path.to_owned(), what: format!("symlink target of {} bytes", t.len()), source: None });
+            return Err(Error::Source {
+                path: path.to_owned(),
+                what: format!("symlink target of {} bytes", t.len()),
+                source: None,
+            });
         }
         t
     } else {
@@ -167,7 +184,10 @@ fn scan_inode(path: &Path, md: &fs::Metadata, tree_path: &[u8], opts: &BuildOpti
         perm: (md.mode() & 0o7777) as u16,
         uid: md.uid(),
         gid: md.gid(),
-        mtime: Timestamp { sec: md.mtime(), nsec: md.mtime_nsec().clamp(0, 999_999_999) as u32 },
+        mtime: Timestamp {
+            sec: md.mtime(),
+            nsec: md.mtime_nsec().clamp(0, 999_999_999) as u32,
+        },
         size: if kind == Kind::Regular { md.len() } else { 0 },
         rdev: (libc::major(rdev), libc::minor(rdev)),
         owns,
@@ -180,7 +200,10 @@ fn scan_inode(path: &Path, md: &fs::Metadata, tree_path: &[u8], opts: &BuildOpti
 
 /// Normalizes an `--owns` path to `/a/b` form.
 fn normalize(p: &str) -> String {
-    let parts: Vec<&str> = p.split('/').filter(|s| !s.is_empty() && *s != ".").collect();
+    let parts: Vec<&str> = p
+        .split('/')
+        .filter(|s| !s.is_empty() && *s != ".")
+        .collect();
     format!("/{}", parts.join("/"))
 }
 
@@ -190,7 +213,9 @@ fn owns_dir(tree_path: &[u8], owns: &[String]) -> bool {
     }
     owns.iter().any(|o| {
         let o = o.as_bytes();
-        o == b"/" || tree_path == o || (tree_path.starts_with(o) && tree_path.get(o.len()) == Some(&b'/'))
+        o == b"/"
+            || tree_path == o
+            || (tree_path.starts_with(o) && tree_path.get(o.len()) == Some(&b'/'))
     })
 }
 
@@ -198,7 +223,11 @@ fn owns_dir(tree_path: &[u8], owns: &[String]) -> bool {
 fn scan(src: &Path, opts: &BuildOptions) -> Result<Vec<ScanInode>> {
     let md = fs::symlink_metadata(src).map_err(src_err(src, "stat"))?;
     if !md.is_dir() {
-        return Err(Error::Source { path: src.to_owned(), what: "not a directory".into(), source: None });
+        return Err(Error::Source {
+            path: src.to_owned(),
+            what: "not a directory".into(),
+            source: None,
+        });
     }
     let mut inodes = vec![scan_inode(src, &md, b"/", opts)?];
     let mut tree_paths: Vec<Vec<u8>> = vec![b"/".to_vec()];
@@ -216,10 +245,15 @@ fn scan(src: &Path, opts: &BuildOptions) -> Result<Vec<ScanInode>> {
         let mut children = Vec::with_capacity(names.len());
         for name in names {
             if name.len() > crate::meta::NAME_MAX {
-                return Err(Error::Source { path: dir_path.clone(), what: "a name longer than 255 bytes".into(), source: None });
+                return Err(Error::Source {
+                    path: dir_path.clone(),
+                    what: "a name longer than 255 bytes".into(),
+                    source: None,
+                });
             }
             let path = dir_path.join(std::ffi::OsStr::from_bytes(&name));
-            let md = fs::symlink_metadata(&path).map_err(src_err(&path, "stat (vanished during the build?)"))?;
+            let md = fs::symlink_metadata(&path)
+                .map_err(src_err(&path, "stat (vanished during the build?)"))?;
             if !md.is_dir() && md.nlink() > 1 {
                 if let Some(&ino) = links.get(&(md.dev(), md.ino())) {
                     children.push((name, ino));
@@ -231,7 +265,8 @@ fn scan(src: &Path, opts: &BuildOptions) -> Result<Vec<ScanInode>> {
                 tp.push(b'/');
             }
             tp.extend_from_slice(&name);
-            let ino = u32::try_from(inodes.len()).map_err(|_| Error::Options("more than 2^32 inodes".into()))?;
+            let ino = u32::try_from(inodes.len())
+                .map_err(|_| Error::Options("more than 2^32 inodes".into()))?;
             let si = scan_inode(&path, &md, &tp, opts)?;
             if si.kind == Kind::Directory {
                 queue.push_back(ino);
@@ -245,9 +280,15 @@ fn scan(src: &Path, opts: &BuildOptions) -> Result<Vec<ScanInode>> {
         inodes[dir as usize].children = children;
     }
     for o in &opts.owns {
-        let found = tree_paths.iter().zip(&inodes).any(|(p, i)| p.as_slice() == o.as_bytes() && i.kind == Kind::Directory);
+        let found = tree_paths
+            .iter()
+            .zip(&inodes)
+            .any(|(p, i)| p.as_slice() == o.as_bytes() && i.kind == Kind::Directory);
         if !found {
-            return Err(Error::Options(format!("--owns {o}: no such directory in {}", src.display())));
+            return Err(Error::Options(format!(
+                "--owns {o}: no such directory in {}",
+                src.display()
+            )));
         }
     }
     Ok(inodes)
@@ -260,9 +301,13 @@ struct Strings {
 }
 impl Strings {
     fn add(&mut self, s: &[u8]) -> Result<StrRef> {
-        let off = u32::try_from(self.bytes.len()).map_err(|_| Error::Options("more than 4 GiB of names".into()))?;
+        let off = u32::try_from(self.bytes.len())
+            .map_err(|_| Error::Options("more than 4 GiB of names".into()))?;
         self.bytes.extend_from_slice(s);
-        Ok(StrRef { off, len: s.len() as u32 })
+        Ok(StrRef {
+            off,
+            len: s.len() as u32,
+        })
     }
 }
 
@@ -292,7 +337,9 @@ impl DataSink<'_> {
             owned.resize(padded_len as usize, 0);
             &owned
         };
-        self.file.write_all_at(buf, self.base + at).map_err(Error::io(self.out_path, "write"))?;
+        self.file
+            .write_all_at(buf, self.base + at)
+            .map_err(Error::io(self.out_path, "write"))?;
         if self.hash_inline {
             let new: Vec<Cv> = buf
                 .par_chunks(BLOCK)
@@ -319,7 +366,12 @@ fn is_zero(b: &[u8]) -> bool {
 
 /// Places a file's content held in memory: nonzero block runs, written
 /// contiguously; returns its extents (file offsets relative to `file_base`).
-fn place_runs(sink: &mut DataSink, data: &[u8], file_base: u64, extents: &mut Vec<Extent>) -> Result<()> {
+fn place_runs(
+    sink: &mut DataSink,
+    data: &[u8],
+    file_base: u64,
+    extents: &mut Vec<Extent>,
+) -> Result<()> {
     let nblocks = data.len().div_ceil(BLOCK);
     let mut b = 0;
     while b < nblocks {
@@ -336,10 +388,19 @@ fn place_runs(sink: &mut DataSink, data: &[u8], file_base: u64, extents: &mut Ve
         let at = sink.write(bytes)?;
         let fo = file_base + (start * BLOCK) as u64;
         match extents.last_mut() {
-            Some(l) if l.file_offset + l.len == fo && l.region_offset + l.len == at && l.len % BLOCK_SIZE == 0 => {
+            Some(l)
+                if l.file_offset + l.len == fo
+                    && l.region_offset + l.len == at
+                    && l.len % BLOCK_SIZE == 0 =>
+            {
                 l.len += bytes.len() as u64
             }
-            _ => extents.push(Extent { file_offset: fo, region: DATA_REGION, region_offset: at, len: bytes.len() as u64 }),
+            _ => extents.push(Extent {
+                file_offset: fo,
+                region: DATA_REGION,
+                region_offset: at,
+                len: bytes.len() as u64,
+            }),
         }
     }
     Ok(())
@@ -348,11 +409,17 @@ fn place_runs(sink: &mut DataSink, data: &[u8], file_base: u64, extents: &mut Ve
 fn read_whole(path: &Path, size: u64) -> Result<Vec<u8>> {
     let mut f = File::open(path).map_err(src_err(path, "open"))?;
     let mut data = Vec::with_capacity(size as usize);
-    f.by_ref().take(size + 1).read_to_end(&mut data).map_err(src_err(path, "read"))?;
+    f.by_ref()
+        .take(size + 1)
+        .read_to_end(&mut data)
+        .map_err(src_err(path, "read"))?;
     if data.len() as u64 != size {
         return Err(Error::Source {
             path: path.to_owned(),
-            what: format!("changed during the build: {size} bytes at scan, {} now", data.len()),
+            what: format!(
+                "changed during the build: {size} bytes at scan, {} now",
+                data.len()
+            ),
             source: None,
         });
     }
@@ -379,12 +446,17 @@ fn stream_big(sink: &mut DataSink, path: &Path, size: u64) -> Result<(Vec<Extent
         }
         let data = (data as u64 / BLOCK_SIZE) * BLOCK_SIZE;
         let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
-        let hole = if hole < 0 { size } else { (hole as u64).min(size) };
+        let hole = if hole < 0 {
+            size
+        } else {
+            (hole as u64).min(size)
+        };
         let mut p = data;
         while p < hole {
             let n = ((hole - p) as usize).min(PIECE);
             let piece = &mut buf[..n];
-            f.read_exact_at(piece, p).map_err(src_err(path, "read (changed during the build?)"))?;
+            f.read_exact_at(piece, p)
+                .map_err(src_err(path, "read (changed during the build?)"))?;
             for (i, blk) in piece.chunks(BLOCK).enumerate() {
                 if !is_zero(blk) {
                     key.update(&(p / BLOCK_SIZE + i as u64).to_le_bytes());
@@ -398,28 +470,50 @@ fn stream_big(sink: &mut DataSink, path: &Path, size: u64) -> Result<(Vec<Extent
     }
     let now = f.metadata().map_err(src_err(path, "stat"))?.len();
     if now != size {
-        return Err(Error::Source { path: path.to_owned(), what: format!("changed during the build: {size} bytes at scan, {now} now"), source: None });
+        return Err(Error::Source {
+            path: path.to_owned(),
+            what: format!("changed during the build: {size} bytes at scan, {now} now"),
+            source: None,
+        });
     }
     Ok((extents, *key.finalize().as_bytes()))
 }
 
 /// Builds `out` from the tree at `src`, signed with `key`.
-pub fn build(src: &Path, out: &Path, key: &SigningKey, opts: &BuildOptions, progress: &dyn Progress) -> Result<BuildReport> {
+pub fn build(
+    src: &Path,
+    out: &Path,
+    key: &SigningKey,
+    opts: &BuildOptions,
+    progress: &dyn Progress,
+) -> Result<BuildReport> {
     check_label("fragment name", &opts.name)?;
     check_label("fragment version", &opts.version)?;
     if opts.small_threshold > BLOCK_SIZE {
-        return Err(Error::Options(format!("--small-threshold {} is above 4096 (a small file must fit in one block)", opts.small_threshold)));
+        return Err(Error::Options(format!(
+            "--small-threshold {} is above 4096 (a small file must fit in one block)",
+            opts.small_threshold
+        )));
     }
     if let Some(l) = opts.zstd_level {
         if !zstd::compression_level_range().contains(&l) {
-            return Err(Error::Options(format!("zstd level {l} outside {:?}", zstd::compression_level_range())));
+            return Err(Error::Options(format!(
+                "zstd level {l} outside {:?}",
+                zstd::compression_level_range()
+            )));
         }
     }
-    let opts = BuildOptions { owns: opts.owns.iter().map(|o| normalize(o)).collect(), ..opts.clone() };
+    let opts = BuildOptions {
+        owns: opts.owns.iter().map(|o| normalize(o)).collect(),
+        ..opts.clone()
+    };
     progress.phase("scanning", 0);
     let mut scanned = scan(src, &opts)?;
 
-    let out_dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let out_dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = tempfile::Builder::new()
         .prefix(".mosaic-build")
         .tempfile_in(out_dir)
@@ -431,7 +525,11 @@ pub fn build(src: &Path, out: &Path, key: &SigningKey, opts: &BuildOptions, prog
     };
     let mut sink = DataSink {
         file: scratch.as_ref().unwrap_or(tmp.as_file()),
-        base: if scratch.is_some() { 0 } else { HEADER_SIZE as u64 },
+        base: if scratch.is_some() {
+            0
+        } else {
+            HEADER_SIZE as u64
+        },
         cursor: 0,
         cvs: Vec::new(),
         hash_inline: scratch.is_none(),
@@ -439,14 +537,20 @@ pub fn build(src: &Path, out: &Path, key: &SigningKey, opts: &BuildOptions, prog
     };
 
     // Contents, in inode order.
-    let files: Vec<u32> = (0..scanned.len() as u32).filter(|&i| scanned[i as usize].kind == Kind::Regular).collect();
+    let files: Vec<u32> = (0..scanned.len() as u32)
+        .filter(|&i| scanned[i as usize].kind == Kind::Regular)
+        .collect();
     let total: u64 = files.iter().map(|&i| scanned[i as usize].size).sum();
     progress.phase("storing contents", total);
     let mut file_extents: HashMap<u32, Vec<Extent>> = HashMap::new();
     let mut small: Vec<u8> = Vec::new();
     let mut small_seen: HashMap<[u8; 32], u64> = HashMap::new();
     let mut data_seen: HashMap<[u8; 32], Vec<Extent>> = HashMap::new();
-    let mut report = BuildReport { regular_files: files.len() as u64, file_bytes: total, ..Default::default() };
+    let mut report = BuildReport {
+        regular_files: files.len() as u64,
+        file_bytes: total,
+        ..Default::default()
+    };
     let mut i = 0;
     while i < files.len() {
         let ino = files[i];
@@ -505,7 +609,15 @@ pub fn build(src: &Path, out: &Path, key: &SigningKey, opts: &BuildOptions, prog
                         o
                     }
                 };
-                file_extents.insert(ino, vec![Extent { file_offset: 0, region: SMALL_REGION, region_offset: off, len: size }]);
+                file_extents.insert(
+                    ino,
+                    vec![Extent {
+                        file_offset: 0,
+                        region: SMALL_REGION,
+                        region_offset: off,
+                        len: size,
+                    }],
+                );
             } else if let Some(prev) = data_seen.get(&k) {
                 report.deduplicated_files += 1;
                 file_extents.insert(ino, prev.clone());
@@ -528,26 +640,47 @@ pub fn build(src: &Path, out: &Path, key: &SigningKey, opts: &BuildOptions, prog
         let xs = meta.xattrs.len() as u32;
         for (n, v) in &si.xattrs {
             if n.len() > crate::meta::XATTR_NAME_MAX || v.len() > crate::meta::XATTR_VALUE_MAX {
-                return Err(Error::Source { path: si.path.clone(), what: "xattr too large".into(), source: None });
+                return Err(Error::Source {
+                    path: si.path.clone(),
+                    what: "xattr too large".into(),
+                    source: None,
+                });
             }
-            meta.xattrs.push(Xattr { name: strings.add(n)?, value: strings.add(v)? });
+            meta.xattrs.push(Xattr {
+                name: strings.add(n)?,
+                value: strings.add(v)?,
+            });
         }
         let xattrs = xs..meta.xattrs.len() as u32;
         let body = match si.kind {
             Kind::Regular => {
                 let es = meta.extents.len() as u32;
-                meta.extents.extend(file_extents.remove(&(ino as u32)).unwrap_or_default());
-                Body::Regular { size: si.size, extents: es..meta.extents.len() as u32 }
+                meta.extents
+                    .extend(file_extents.remove(&(ino as u32)).unwrap_or_default());
+                Body::Regular {
+                    size: si.size,
+                    extents: es..meta.extents.len() as u32,
+                }
             }
             Kind::Directory => {
                 let ds = meta.dentries.len() as u32;
                 for (name, child) in std::mem::take(&mut si.children) {
-                    meta.dentries.push(Dentry { name: strings.add(&name)?, inode: child });
+                    meta.dentries.push(Dentry {
+                        name: strings.add(&name)?,
+                        inode: child,
+                    });
                 }
-                Body::Directory { entries: ds..meta.dentries.len() as u32 }
+                Body::Directory {
+                    entries: ds..meta.dentries.len() as u32,
+                }
             }
-            Kind::Symlink => Body::Symlink { target: strings.add(&si.target)? },
-            Kind::CharDevice | Kind::BlockDevice => Body::Device { major: si.rdev.0, minor: si.rdev.1 },
+            Kind::Symlink => Body::Symlink {
+                target: strings.add(&si.target)?,
+            },
+            Kind::CharDevice | Kind::BlockDevice => Body::Device {
+                major: si.rdev.0,
+                minor: si.rdev.1,
+            },
             Kind::Fifo | Kind::Socket => Body::Empty,
         };
         meta.inodes.push(Inode {
@@ -572,21 +705,43 @@ pub fn build(src: &Path, out: &Path, key: &SigningKey, opts: &BuildOptions, prog
     let mut all_cvs: Vec<Cv> = Vec::new();
     let mut offset = HEADER_SIZE as u64;
     let level = opts.zstd_level;
-    let encoding = if level.is_some() { Encoding::Zstd } else { Encoding::Raw };
+    let encoding = if level.is_some() {
+        Encoding::Zstd
+    } else {
+        Encoding::Raw
+    };
 
     // Data region.
     let data_logical = sink.cursor;
     let (data_stored, data_cvs) = match (&scratch, level) {
         (Some(scratch), Some(level)) => {
             progress.phase("compressing", data_logical);
-            let stored = compress_file_region(scratch, data_logical, out_file, offset, level, out, progress)?;
+            let stored = compress_file_region(
+                scratch,
+                data_logical,
+                out_file,
+                offset,
+                level,
+                out,
+                progress,
+            )?;
             let cvs = cvs_of_file(out_file, offset, stored, out)?;
             (stored, cvs)
         }
         _ => (data_logical, std::mem::take(&mut sink.cvs)),
     };
     report.data_region_bytes = data_stored;
-    regions.push(region_entry(RegionKind::Data, encoding, offset, data_stored, data_logical, 0, &data_cvs, out_file, out)?);
+    regions.push(region_entry(
+        RegionKind::Data,
+        encoding,
+        offset,
+        data_stored,
+        data_logical,
+        0,
+        &data_cvs,
+        out_file,
+        out,
+    )?);
     all_cvs.extend(data_cvs);
     offset += data_stored;
 
@@ -598,19 +753,41 @@ pub fn build(src: &Path, out: &Path, key: &SigningKey, opts: &BuildOptions, prog
     };
     pad(&mut small_stored);
     report.small_region_bytes = small_stored.len() as u64;
-    offset = push_mem_region(&mut regions, &mut all_cvs, RegionKind::Small, encoding, offset, &small_stored, small_logical, out_file, out)?;
+    offset = push_mem_region(
+        &mut regions,
+        &mut all_cvs,
+        RegionKind::Small,
+        encoding,
+        offset,
+        &small_stored,
+        small_logical,
+        out_file,
+        out,
+    )?;
 
     // Metadata region.
     let mut meta_bytes = meta.encode();
     let meta_logical = meta_bytes.len() as u64;
     pad(&mut meta_bytes);
-    offset = push_mem_region(&mut regions, &mut all_cvs, RegionKind::Metadata, Encoding::Raw, offset, &meta_bytes, meta_logical, out_file, out)?;
+    offset = push_mem_region(
+        &mut regions,
+        &mut all_cvs,
+        RegionKind::Metadata,
+        Encoding::Raw,
+        offset,
+        &meta_bytes,
+        meta_logical,
+        out_file,
+        out,
+    )?;
 
     // Hash region.
     let mut hash_bytes: Vec<u8> = all_cvs.iter().flat_map(|c| c.iter().copied()).collect();
     let hash_logical = hash_bytes.len() as u64;
     pad(&mut hash_bytes);
-    out_file.write_all_at(&hash_bytes, offset).map_err(Error::io(out, "write"))?;
+    out_file
+        .write_all_at(&hash_bytes, offset)
+        .map_err(Error::io(out, "write"))?;
     regions.push(RegionEntry {
         kind: RegionKind::Hashes,
         encoding: Encoding::Raw,
@@ -644,10 +821,18 @@ pub fn build(src: &Path, out: &Path, key: &SigningKey, opts: &BuildOptions, prog
     header.signature = key.sign(&unsigned[..SIGNED_LEN]).to_bytes();
     let bytes = header.encode();
     debug_assert_eq!(bytes[..SIGNATURE_OFFSET], unsigned[..SIGNATURE_OFFSET]);
-    out_file.write_all_at(&bytes, 0).map_err(Error::io(out, "write"))?;
-    out_file.set_len(offset).map_err(Error::io(out, "truncate"))?;
+    out_file
+        .write_all_at(&bytes, 0)
+        .map_err(Error::io(out, "write"))?;
+    out_file
+        .set_len(offset)
+        .map_err(Error::io(out, "truncate"))?;
     out_file.sync_all().map_err(Error::io(out, "sync"))?;
-    tmp.persist(out).map_err(|e| Error::Io { path: out.to_owned(), op: "rename into place", source: e.error })?;
+    tmp.persist(out).map_err(|e| Error::Io {
+        path: out.to_owned(),
+        op: "rename into place",
+        source: e.error,
+    })?;
     if let Ok(d) = File::open(out_dir) {
         let _ = d.sync_all();
     }
@@ -667,10 +852,22 @@ fn push_mem_region(
     out_file: &File,
     out: &Path,
 ) -> Result<u64> {
-    out_file.write_all_at(stored, offset).map_err(Error::io(out, "write"))?;
+    out_file
+        .write_all_at(stored, offset)
+        .map_err(Error::io(out, "write"))?;
     let cvs = cvs_of(stored);
     let hash_index = all_cvs.len() as u64;
-    regions.push(region_entry(kind, encoding, offset, stored.len() as u64, logical, hash_index, &cvs, out_file, out)?);
+    regions.push(region_entry(
+        kind,
+        encoding,
+        offset,
+        stored.len() as u64,
+        logical,
+        hash_index,
+        &cvs,
+        out_file,
+        out,
+    )?);
     all_cvs.extend(cvs);
     Ok(offset + stored.len() as u64)
 }
@@ -691,11 +888,21 @@ fn region_entry(
         Some(r) => *r.as_bytes(),
         None => {
             let mut b = vec![0u8; BLOCK];
-            out_file.read_exact_at(&mut b, offset).map_err(Error::io(out, "read back"))?;
+            out_file
+                .read_exact_at(&mut b, offset)
+                .map_err(Error::io(out, "read back"))?;
             *blake3::hash(&b).as_bytes()
         }
     };
-    Ok(RegionEntry { kind, encoding, file_offset: offset, stored_len: stored, logical_len: logical, hash_index, root })
+    Ok(RegionEntry {
+        kind,
+        encoding,
+        file_offset: offset,
+        stored_len: stored,
+        logical_len: logical,
+        hash_index,
+        root,
+    })
 }
 
 /// Block CVs of a region already written to `file`, read back in parallel.
@@ -707,8 +914,12 @@ fn cvs_of_file(file: &File, offset: u64, len: u64, path: &Path) -> Result<Vec<Cv
         .map(|&p| {
             let n = STEP.min(len - p) as usize;
             let mut b = vec![0u8; n];
-            file.read_exact_at(&mut b, offset + p).map_err(Error::io(path, "read back"))?;
-            Ok(b.chunks(BLOCK).enumerate().map(|(i, c)| crate::hash::block_cv(p + (i * BLOCK) as u64, c)).collect())
+            file.read_exact_at(&mut b, offset + p)
+                .map_err(Error::io(path, "read back"))?;
+            Ok(b.chunks(BLOCK)
+                .enumerate()
+                .map(|(i, c)| crate::hash::block_cv(p + (i * BLOCK) as u64, c))
+                .collect())
         })
         .collect();
     let mut out = Vec::with_capacity((len / BLOCK_SIZE) as usize);
@@ -720,7 +931,15 @@ fn cvs_of_file(file: &File, offset: u64, len: u64, path: &Path) -> Result<Vec<Cv
 
 /// Compresses the logical data region held in `scratch` into `out_file` at
 /// `offset` (index + frames, padded); returns the stored length.
-fn compress_file_region(scratch: &File, logical: u64, out_file: &File, offset: u64, level: i32, out: &Path, progress: &dyn Progress) -> Result<u64> {
+fn compress_file_region(
+    scratch: &File,
+    logical: u64,
+    out_file: &File,
+    offset: u64,
+    level: i32,
+    out: &Path,
+    progress: &dyn Progress,
+) -> Result<u64> {
     let chunks = logical.div_ceil(CHUNK_SIZE);
     let index_len = ChunkIndex::index_len(chunks);
     let mut offsets = Vec::with_capacity(chunks as usize + 1);
@@ -736,13 +955,17 @@ fn compress_file_region(scratch: &File, logical: u64, out_file: &File, offset: u
                 let start = k * CHUNK_SIZE;
                 let len = CHUNK_SIZE.min(logical - start) as usize;
                 let mut b = vec![0u8; len];
-                scratch.read_exact_at(&mut b, start).map_err(Error::io(out, "read scratch"))?;
+                scratch
+                    .read_exact_at(&mut b, start)
+                    .map_err(Error::io(out, "read scratch"))?;
                 zstd::bulk::compress(&b, level).map_err(Error::io(out, "compress"))
             })
             .collect();
         for f in frames {
             let f = f?;
-            out_file.write_all_at(&f, offset + pos).map_err(Error::io(out, "write"))?;
+            out_file
+                .write_all_at(&f, offset + pos)
+                .map_err(Error::io(out, "write"))?;
             pos += f.len() as u64;
             offsets.push(pos);
         }
@@ -756,8 +979,12 @@ fn compress_file_region(scratch: &File, logical: u64, out_file: &File, offset: u
     for o in offsets {
         index.extend_from_slice(&o.to_le_bytes());
     }
-    out_file.write_all_at(&index, offset).map_err(Error::io(out, "write"))?;
+    out_file
+        .write_all_at(&index, offset)
+        .map_err(Error::io(out, "write"))?;
     let stored = pos.div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
-    out_file.write_all_at(&vec![0u8; (stored - pos) as usize], offset + pos).map_err(Error::io(out, "write"))?;
+    out_file
+        .write_all_at(&vec![0u8; (stored - pos) as usize], offset + pos)
+        .map_err(Error::io(out, "write"))?;
     Ok(stored)
 }

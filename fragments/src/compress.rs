@@ -44,7 +44,11 @@ impl ChunkIndex {
 
     /// Parses the index from the first bytes of a region and checks it
     /// against the region's logical and stored lengths.
-    pub fn decode(b: &[u8], logical_len: u64, stored_len: u64) -> Result<ChunkIndex, (u64, String)> {
+    pub fn decode(
+        b: &[u8],
+        logical_len: u64,
+        stored_len: u64,
+    ) -> Result<ChunkIndex, (u64, String)> {
         if b.len() < INDEX_HEADER || b[..8] != ZMAGIC {
             return Err((0, "bad compressed-region magic".into()));
         }
@@ -54,11 +58,17 @@ impl ChunkIndex {
         }
         let count = get_u32(b, 12) as u64;
         if count != logical_len.div_ceil(CHUNK_SIZE) {
-            return Err((12, format!("{count} chunks for {logical_len} logical bytes")));
+            return Err((
+                12,
+                format!("{count} chunks for {logical_len} logical bytes"),
+            ));
         }
         let need = Self::index_len(count);
         if need > stored_len || need > b.len() as u64 {
-            return Err((12, format!("index of {count} chunks does not fit in the region")));
+            return Err((
+                12,
+                format!("index of {count} chunks does not fit in the region"),
+            ));
         }
         let mut offsets = Vec::with_capacity(count as usize + 1);
         let mut prev = need;
@@ -66,12 +76,18 @@ impl ChunkIndex {
             let o = INDEX_HEADER + i as usize * 8;
             let v = get_u64(b, o);
             if v < prev || v > stored_len || (i == 0 && v != need) {
-                return Err((o as u64, format!("frame offset {v} out of order or outside the region")));
+                return Err((
+                    o as u64,
+                    format!("frame offset {v} out of order or outside the region"),
+                ));
             }
             prev = v;
             offsets.push(v);
         }
-        Ok(ChunkIndex { chunk_size, offsets })
+        Ok(ChunkIndex {
+            chunk_size,
+            offsets,
+        })
     }
 }
 
@@ -111,7 +127,10 @@ mod tests {
         let mut back = Vec::new();
         for i in 0..idx.chunks() {
             let (a, b) = idx.frame(i);
-            back.extend(zstd::bulk::decompress(&stored[a as usize..b as usize], CHUNK_SIZE as usize).unwrap());
+            back.extend(
+                zstd::bulk::decompress(&stored[a as usize..b as usize], CHUNK_SIZE as usize)
+                    .unwrap(),
+            );
         }
         assert_eq!(back, logical);
     }

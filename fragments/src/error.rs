@@ -86,7 +86,9 @@ pub enum Error {
     },
 
     /// A read asked for bytes outside a region.
-    #[error("{path}: read of {len} bytes at offset {offset} is outside region {region} ({size} bytes)")]
+    #[error(
+        "{path}: read of {len} bytes at offset {offset} is outside region {region} ({size} bytes)"
+    )]
     OutOfRange {
         path: PathBuf,
         region: u32,
@@ -122,7 +124,10 @@ impl Error {
         )
     }
 
-    pub(crate) fn io(path: impl Into<PathBuf>, op: &'static str) -> impl FnOnce(io::Error) -> Error {
+    pub(crate) fn io(
+        path: impl Into<PathBuf>,
+        op: &'static str,
+    ) -> impl FnOnce(io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { path, op, source }
     }

@@ -4,9 +4,9 @@
 use crate::error::{Error, Result};
 use crate::meta::{Body, Kind};
 use crate::read::Fragment;
+use nix::fcntl::AtFlags;
 use nix::sys::stat::{mknod, utimensat, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
-use nix::fcntl::AtFlags;
 use nix::unistd::{fchownat, Gid, Uid};
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -16,7 +16,11 @@ use std::path::{Path, PathBuf};
 
 fn nix_err(path: &Path, op: &'static str) -> impl FnOnce(nix::Error) -> Error {
     let path = path.to_owned();
-    move |e| Error::Io { path, op, source: std::io::Error::from(e) }
+    move |e| Error::Io {
+        path,
+        op,
+        source: std::io::Error::from(e),
+    }
 }
 
 /// Restores the tree of `frag` under `dir` (created if missing), with
@@ -51,7 +55,11 @@ pub fn extract(frag: &Fragment, dir: &Path) -> Result<()> {
     // disturb their mtimes.
     for (d, inode) in meta.inodes.iter().enumerate().rev() {
         if inode.kind == Kind::Directory {
-            apply(frag, d as u32, paths[d].as_ref().expect("every inode is reachable"))?;
+            apply(
+                frag,
+                d as u32,
+                paths[d].as_ref().expect("every inode is reachable"),
+            )?;
         }
     }
     Ok(())
@@ -70,19 +78,37 @@ fn create(frag: &Fragment, ino: u32, p: &Path) -> Result<()> {
                 while done < e.len {
                     let n = (e.len - done).min(buf.len() as u64) as usize;
                     frag.read_region(e.region, e.region_offset + done, &mut buf[..n])?;
-                    f.write_all_at(&buf[..n], e.file_offset + done).map_err(Error::io(p, "write"))?;
+                    f.write_all_at(&buf[..n], e.file_offset + done)
+                        .map_err(Error::io(p, "write"))?;
                     done += n as u64;
                 }
             }
             f.set_len(*size).map_err(Error::io(p, "set length"))
         }
-        Body::Symlink { target } => std::os::unix::fs::symlink(OsStr::from_bytes(meta.str(*target)), p).map_err(Error::io(p, "create symlink")),
+        Body::Symlink { target } => {
+            std::os::unix::fs::symlink(OsStr::from_bytes(meta.str(*target)), p)
+                .map_err(Error::io(p, "create symlink"))
+        }
         Body::Device { major, minor } => {
-            let kind = if inode.kind == Kind::CharDevice { SFlag::S_IFCHR } else { SFlag::S_IFBLK };
-            mknod(p, kind, Mode::from_bits_truncate(0o600), nix::sys::stat::makedev(*major as u64, *minor as u64)).map_err(nix_err(p, "mknod"))
+            let kind = if inode.kind == Kind::CharDevice {
+                SFlag::S_IFCHR
+            } else {
+                SFlag::S_IFBLK
+            };
+            mknod(
+                p,
+                kind,
+                Mode::from_bits_truncate(0o600),
+                nix::sys::stat::makedev(*major as u64, *minor as u64),
+            )
+            .map_err(nix_err(p, "mknod"))
         }
         Body::Empty => {
-            let kind = if inode.kind == Kind::Fifo { SFlag::S_IFIFO } else { SFlag::S_IFSOCK };
+            let kind = if inode.kind == Kind::Fifo {
+                SFlag::S_IFIFO
+            } else {
+                SFlag::S_IFSOCK
+            };
             mknod(p, kind, Mode::from_bits_truncate(0o600), 0).map_err(nix_err(p, "mknod"))
         }
     }
@@ -94,11 +120,18 @@ fn apply(frag: &Fragment, ino: u32, p: &Path) -> Result<()> {
     for (n, v) in meta.xattrs_of(ino) {
         xattr::set(p, OsStr::from_bytes(n), v).map_err(Error::io(p, "set xattr"))?;
     }
-    fchownat(None, p, Some(Uid::from_raw(inode.uid)), Some(Gid::from_raw(inode.gid)), AtFlags::AT_SYMLINK_NOFOLLOW)
-        .map_err(nix_err(p, "chown"))?;
+    fchownat(
+        None,
+        p,
+        Some(Uid::from_raw(inode.uid)),
+        Some(Gid::from_raw(inode.gid)),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(nix_err(p, "chown"))?;
     if inode.kind != Kind::Symlink {
         // After chown, which clears set-id bits.
-        fs::set_permissions(p, fs::Permissions::from_mode(inode.perm as u32)).map_err(Error::io(p, "chmod"))?;
+        fs::set_permissions(p, fs::Permissions::from_mode(inode.perm as u32))
+            .map_err(Error::io(p, "chmod"))?;
     }
     let t = TimeSpec::new(inode.mtime.sec, inode.mtime.nsec as i64);
     utimensat(None, p, &t, &t, UtimensatFlags::NoFollowSymlink).map_err(nix_err(p, "set times"))

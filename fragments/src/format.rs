@@ -268,13 +268,19 @@ impl Header {
             });
         }
         if get_u32(b, 12) != HEADER_SIZE as u32 {
-            return Err(corrupt(12, format!("header size {} != {HEADER_SIZE}", get_u32(b, 12))));
+            return Err(corrupt(
+                12,
+                format!("header size {} != {HEADER_SIZE}", get_u32(b, 12)),
+            ));
         }
         let incompat = get_u64(b, 16);
         if incompat & !INCOMPAT_KNOWN != 0 {
             return Err(Error::Unsupported {
                 path: path.to_owned(),
-                what: format!("incompatible feature bits {:#x}", incompat & !INCOMPAT_KNOWN),
+                what: format!(
+                    "incompatible feature bits {:#x}",
+                    incompat & !INCOMPAT_KNOWN
+                ),
             });
         }
         let compat = get_u64(b, 24);
@@ -288,21 +294,31 @@ impl Header {
                     have: file_len,
                 }
             } else {
-                corrupt(32, format!("header says {file_size} bytes, file has {file_len}"))
+                corrupt(
+                    32,
+                    format!("header says {file_size} bytes, file has {file_len}"),
+                )
             });
         }
         if get_u32(b, 40) != BLOCK_SIZE as u32 {
-            return Err(corrupt(40, format!("block size {} != {BLOCK_SIZE}", get_u32(b, 40))));
+            return Err(corrupt(
+                40,
+                format!("block size {} != {BLOCK_SIZE}", get_u32(b, 40)),
+            ));
         }
         let region_count = get_u32(b, 44) as usize;
         if region_count > MAX_REGIONS {
-            return Err(corrupt(44, format!("{region_count} regions (at most {MAX_REGIONS})")));
+            return Err(corrupt(
+                44,
+                format!("{region_count} regions (at most {MAX_REGIONS})"),
+            ));
         }
         let label = |off: usize| -> Result<String> {
             let raw = &b[off..off + NAME_LEN];
-            let end = raw.iter().position(|&c| c == 0).ok_or_else(|| {
-                corrupt(off, "name field not NUL terminated".into())
-            })?;
+            let end = raw
+                .iter()
+                .position(|&c| c == 0)
+                .ok_or_else(|| corrupt(off, "name field not NUL terminated".into()))?;
             if raw[end..].iter().any(|&c| c != 0) {
                 return Err(corrupt(off, "bytes after the name's NUL".into()));
             }
@@ -350,16 +366,43 @@ impl Header {
                 ));
             }
             if r.stored_len % BLOCK_SIZE != 0 {
-                return Err(corrupt(o + 16, format!("region {i}: stored length {} not a multiple of 4096", r.stored_len)));
+                return Err(corrupt(
+                    o + 16,
+                    format!(
+                        "region {i}: stored length {} not a multiple of 4096",
+                        r.stored_len
+                    ),
+                ));
             }
-            expect_offset = r.file_offset.checked_add(r.stored_len).filter(|&e| e <= file_size).ok_or_else(|| {
-                corrupt(o + 16, format!("region {i} ({} bytes at {}) runs past the end of the file", r.stored_len, r.file_offset))
-            })?;
+            expect_offset = r
+                .file_offset
+                .checked_add(r.stored_len)
+                .filter(|&e| e <= file_size)
+                .ok_or_else(|| {
+                    corrupt(
+                        o + 16,
+                        format!(
+                            "region {i} ({} bytes at {}) runs past the end of the file",
+                            r.stored_len, r.file_offset
+                        ),
+                    )
+                })?;
             if r.encoding == Encoding::Raw && r.logical_len > r.stored_len {
-                return Err(corrupt(o + 24, format!("region {i}: logical length {} > stored length {}", r.logical_len, r.stored_len)));
+                return Err(corrupt(
+                    o + 24,
+                    format!(
+                        "region {i}: logical length {} > stored length {}",
+                        r.logical_len, r.stored_len
+                    ),
+                ));
             }
-            if (r.kind == RegionKind::Hashes || r.kind == RegionKind::Metadata) && r.encoding != Encoding::Raw {
-                return Err(corrupt(o + 1, format!("region {i}: {} region must be raw", r.kind.name())));
+            if (r.kind == RegionKind::Hashes || r.kind == RegionKind::Metadata)
+                && r.encoding != Encoding::Raw
+            {
+                return Err(corrupt(
+                    o + 1,
+                    format!("region {i}: {} region must be raw", r.kind.name()),
+                ));
             }
             if r.kind == RegionKind::Hashes {
                 if i + 1 != region_count {
@@ -371,12 +414,22 @@ impl Header {
                 if r.logical_len != expect_hash * 32 {
                     return Err(corrupt(
                         o + 24,
-                        format!("hash region holds {} bytes, the regions need {}", r.logical_len, expect_hash * 32),
+                        format!(
+                            "hash region holds {} bytes, the regions need {}",
+                            r.logical_len,
+                            expect_hash * 32
+                        ),
                     ));
                 }
             } else {
                 if r.hash_index != expect_hash {
-                    return Err(corrupt(o + 32, format!("region {i}: hash index {} expected {expect_hash}", r.hash_index)));
+                    return Err(corrupt(
+                        o + 32,
+                        format!(
+                            "region {i}: hash index {} expected {expect_hash}",
+                            r.hash_index
+                        ),
+                    ));
                 }
                 expect_hash += r.blocks();
             }
@@ -385,15 +438,24 @@ impl Header {
         if regions.last().map(|r| r.kind) != Some(RegionKind::Hashes) {
             return Err(corrupt(44, "no hash region".into()));
         }
-        for (kind, what) in [(RegionKind::Metadata, "metadata"), (RegionKind::Small, "small-data")] {
+        for (kind, what) in [
+            (RegionKind::Metadata, "metadata"),
+            (RegionKind::Small, "small-data"),
+        ] {
             if regions.iter().filter(|r| r.kind == kind).count() != 1 {
                 return Err(corrupt(44, format!("expected exactly one {what} region")));
             }
         }
         if expect_offset != file_size {
-            return Err(corrupt(32, format!("regions end at {expect_offset}, file is {file_size} bytes")));
+            return Err(corrupt(
+                32,
+                format!("regions end at {expect_offset}, file is {file_size} bytes"),
+            ));
         }
-        zero_check(REGION_TABLE_OFFSET + region_count * REGION_ENTRY_SIZE, PUBKEY_OFFSET)?;
+        zero_check(
+            REGION_TABLE_OFFSET + region_count * REGION_ENTRY_SIZE,
+            PUBKEY_OFFSET,
+        )?;
         let mut signer = [0u8; 32];
         signer.copy_from_slice(&b[PUBKEY_OFFSET..PUBKEY_OFFSET + 32]);
         let mut signature = [0u8; 64];
@@ -445,9 +507,33 @@ mod tests {
             name: "n".into(),
             version: "v".into(),
             regions: vec![
-                RegionEntry { kind: RegionKind::Small, encoding: Encoding::Raw, file_offset: 4096, stored_len: 0, logical_len: 0, hash_index: 0, root: [1; 32] },
-                RegionEntry { kind: RegionKind::Metadata, encoding: Encoding::Raw, file_offset: 4096, stored_len: 4096, logical_len: 100, hash_index: 0, root: [2; 32] },
-                RegionEntry { kind: RegionKind::Hashes, encoding: Encoding::Raw, file_offset: 8192, stored_len: 4096, logical_len: 32, hash_index: 0, root: [3; 32] },
+                RegionEntry {
+                    kind: RegionKind::Small,
+                    encoding: Encoding::Raw,
+                    file_offset: 4096,
+                    stored_len: 0,
+                    logical_len: 0,
+                    hash_index: 0,
+                    root: [1; 32],
+                },
+                RegionEntry {
+                    kind: RegionKind::Metadata,
+                    encoding: Encoding::Raw,
+                    file_offset: 4096,
+                    stored_len: 4096,
+                    logical_len: 100,
+                    hash_index: 0,
+                    root: [2; 32],
+                },
+                RegionEntry {
+                    kind: RegionKind::Hashes,
+                    encoding: Encoding::Raw,
+                    file_offset: 8192,
+                    stored_len: 4096,
+                    logical_len: 32,
+                    hash_index: 0,
+                    root: [3; 32],
+                },
             ],
             signer: [4; 32],
             signature: [5; 64],
@@ -472,16 +558,25 @@ mod tests {
     fn rejects_higher_major_accepts_higher_minor() {
         let mut b = sample().encode();
         b[10] = 7;
-        assert_eq!(Header::decode(Path::new("x"), &b, 4096 * 3).unwrap().minor, 7);
+        assert_eq!(
+            Header::decode(Path::new("x"), &b, 4096 * 3).unwrap().minor,
+            7
+        );
         b[8] = 2;
-        assert!(matches!(Header::decode(Path::new("x"), &b, 4096 * 3), Err(Error::Unsupported { .. })));
+        assert!(matches!(
+            Header::decode(Path::new("x"), &b, 4096 * 3),
+            Err(Error::Unsupported { .. })
+        ));
     }
 
     #[test]
     fn rejects_unknown_incompat_feature() {
         let mut b = sample().encode();
         b[16] = 0x80;
-        assert!(matches!(Header::decode(Path::new("x"), &b, 4096 * 3), Err(Error::Unsupported { .. })));
+        assert!(matches!(
+            Header::decode(Path::new("x"), &b, 4096 * 3),
+            Err(Error::Unsupported { .. })
+        ));
         let mut b = sample().encode();
         b[24] = 0x80; // compat: fine
         assert!(Header::decode(Path::new("x"), &b, 4096 * 3).is_ok());

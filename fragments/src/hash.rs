@@ -47,7 +47,11 @@ pub fn merge_pow2(cvs: &[Cv]) -> Cv {
         return cvs[0];
     }
     let half = cvs.len() / 2;
-    merge_subtrees_non_root(&merge_pow2(&cvs[..half]), &merge_pow2(&cvs[half..]), Mode::Hash)
+    merge_subtrees_non_root(
+        &merge_pow2(&cvs[..half]),
+        &merge_pow2(&cvs[half..]),
+        Mode::Hash,
+    )
 }
 
 /// Largest power of two strictly below `n` (n >= 2): blake3's left subtree.
@@ -62,7 +66,11 @@ fn subtree_from_cvs(cvs: &[Cv]) -> Cv {
         return cvs[0];
     }
     let l = left_len(cvs.len());
-    merge_subtrees_non_root(&subtree_from_cvs(&cvs[..l]), &subtree_from_cvs(&cvs[l..]), Mode::Hash)
+    merge_subtrees_non_root(
+        &subtree_from_cvs(&cvs[..l]),
+        &subtree_from_cvs(&cvs[l..]),
+        Mode::Hash,
+    )
 }
 
 /// The region root from its block CVs. Returns `None` for a one-block
@@ -73,7 +81,11 @@ pub fn root_from_cvs(cvs: &[Cv]) -> Option<blake3::Hash> {
         1 => None,
         n => {
             let l = left_len(n);
-            Some(merge_subtrees_root(&subtree_from_cvs(&cvs[..l]), &subtree_from_cvs(&cvs[l..]), Mode::Hash))
+            Some(merge_subtrees_root(
+                &subtree_from_cvs(&cvs[..l]),
+                &subtree_from_cvs(&cvs[l..]),
+                Mode::Hash,
+            ))
         }
     }
 }
@@ -97,7 +109,11 @@ pub fn aligned_runs(first: u64, n: u64, max: u64) -> impl Iterator<Item = (u64, 
         if p >= end {
             return None;
         }
-        let align = if p == 0 { max } else { (1u64 << p.trailing_zeros()).min(max) };
+        let align = if p == 0 {
+            max
+        } else {
+            (1u64 << p.trailing_zeros()).min(max)
+        };
         let mut size = align;
         while p + size > end {
             size /= 2;
@@ -171,9 +187,15 @@ mod tests {
         let mut r = region(37);
         let cvs = cvs_of(&r);
         assert_eq!(verify_blocks(0, &r, &cvs), None);
-        assert_eq!(verify_blocks(5, &r[5 * BLOCK..30 * BLOCK], &cvs[5..30]), None);
+        assert_eq!(
+            verify_blocks(5, &r[5 * BLOCK..30 * BLOCK], &cvs[5..30]),
+            None
+        );
         r[17 * BLOCK + 9] ^= 1;
         assert_eq!(verify_blocks(0, &r, &cvs), Some(17));
-        assert_eq!(verify_blocks(3, &r[3 * BLOCK..20 * BLOCK], &cvs[3..20]), Some(14));
+        assert_eq!(
+            verify_blocks(3, &r[3 * BLOCK..20 * BLOCK], &cvs[3..20]),
+            Some(14)
+        );
     }
 }

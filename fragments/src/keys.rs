@@ -8,7 +8,9 @@
 
 use crate::error::{Error, Result};
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, KeypairBytes};
+use ed25519_dalek::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, KeypairBytes,
+};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use std::fs;
 use std::io::Write;
@@ -21,13 +23,19 @@ pub fn generate() -> SigningKey {
 
 /// PKCS#8 v1 PEM of a secret key.
 pub fn secret_pem(key: &SigningKey) -> String {
-    let kp = KeypairBytes { secret_key: key.to_bytes(), public_key: None };
-    kp.to_pkcs8_pem(LineEnding::LF).expect("encoding 32 bytes cannot fail").to_string()
+    let kp = KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    };
+    kp.to_pkcs8_pem(LineEnding::LF)
+        .expect("encoding 32 bytes cannot fail")
+        .to_string()
 }
 
 /// SubjectPublicKeyInfo PEM of a public key.
 pub fn public_pem(key: &VerifyingKey) -> String {
-    key.to_public_key_pem(LineEnding::LF).expect("encoding 32 bytes cannot fail")
+    key.to_public_key_pem(LineEnding::LF)
+        .expect("encoding 32 bytes cannot fail")
 }
 
 /// The path of the public key beside a secret key: `KEY.pub`.
@@ -43,7 +51,10 @@ pub fn write_keypair(path: &Path, key: &SigningKey, force: bool) -> Result<()> {
     let pubp = pub_path(path);
     for p in [path, pubp.as_path()] {
         if !force && fs::symlink_metadata(p).is_ok() {
-            return Err(Error::Options(format!("{} exists; pass --force to replace it", p.display())));
+            return Err(Error::Options(format!(
+                "{} exists; pass --force to replace it",
+                p.display()
+            )));
         }
     }
     write_atomic(path, secret_pem(key).as_bytes(), 0o600)?;
@@ -51,7 +62,10 @@ pub fn write_keypair(path: &Path, key: &SigningKey, force: bool) -> Result<()> {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
         .prefix(".mosaic-key")
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
@@ -59,7 +73,11 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         .map_err(Error::io(dir, "create a temporary file"))?;
     tmp.write_all(bytes).map_err(Error::io(path, "write"))?;
     tmp.as_file().sync_all().map_err(Error::io(path, "sync"))?;
-    tmp.persist(path).map_err(|e| Error::Io { path: path.to_owned(), op: "rename into place", source: e.error })?;
+    tmp.persist(path).map_err(|e| Error::Io {
+        path: path.to_owned(),
+        op: "rename into place",
+        source: e.error,
+    })?;
     Ok(())
 }
 
@@ -99,7 +117,10 @@ mod tests {
         let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
         assert_eq!(body.len(), 64);
         assert!(body.starts_with("MC4CAQAwBQYDK2Vw"), "{body}"); // 30 2e 02 01 00 30 05 06 03 2b 65 70
-        assert_eq!(SigningKey::from_pkcs8_pem(&pem).unwrap().to_bytes(), [7; 32]);
+        assert_eq!(
+            SigningKey::from_pkcs8_pem(&pem).unwrap().to_bytes(),
+            [7; 32]
+        );
     }
 
     #[test]

@@ -41,9 +41,9 @@ pub mod meta;
 pub mod read;
 
 pub use build::{build, BuildOptions, BuildReport, NoProgress, Progress};
+pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use error::{Error, Result};
 pub use extract::extract;
 pub use format::{Encoding, Header, RegionEntry, RegionKind, BLOCK_SIZE};
 pub use meta::{Body, Dentry, Extent, Inode, Kind, Metadata, Timestamp};
 pub use read::{Fault, Fragment, Trust};
-pub use ed25519_dalek::{SigningKey, VerifyingKey};

@@ -222,7 +222,10 @@ pub struct MetaFault {
 }
 
 fn fault(offset: usize, what: impl Into<String>) -> MetaFault {
-    MetaFault { offset: offset as u64, what: what.into() }
+    MetaFault {
+        offset: offset as u64,
+        what: what.into(),
+    }
 }
 
 impl Metadata {
@@ -238,17 +241,23 @@ impl Metadata {
     /// Entries of directory `ino`, sorted by name (empty for other kinds).
     pub fn children(&self, ino: u32) -> &[Dentry] {
         match &self.inodes[ino as usize].body {
-            Body::Directory { entries } => &self.dentries[entries.start as usize..entries.end as usize],
+            Body::Directory { entries } => {
+                &self.dentries[entries.start as usize..entries.end as usize]
+            }
             _ => &[],
         }
     }
     pub fn xattrs_of(&self, ino: u32) -> impl Iterator<Item = (&[u8], &[u8])> {
         let r = self.inodes[ino as usize].xattrs.clone();
-        self.xattrs[r.start as usize..r.end as usize].iter().map(|x| (self.str(x.name), self.str(x.value)))
+        self.xattrs[r.start as usize..r.end as usize]
+            .iter()
+            .map(|x| (self.str(x.name), self.str(x.value)))
     }
     pub fn extents_of(&self, ino: u32) -> &[Extent] {
         match &self.inodes[ino as usize].body {
-            Body::Regular { extents, .. } => &self.extents[extents.start as usize..extents.end as usize],
+            Body::Regular { extents, .. } => {
+                &self.extents[extents.start as usize..extents.end as usize]
+            }
             _ => &[],
         }
     }
@@ -261,13 +270,18 @@ impl Metadata {
     /// Finds a child of directory `dir` by name (binary search).
     pub fn lookup_child(&self, dir: u32, name: &[u8]) -> Option<u32> {
         let c = self.children(dir);
-        c.binary_search_by(|d| self.name(d).cmp(name)).ok().map(|i| c[i].inode)
+        c.binary_search_by(|d| self.name(d).cmp(name))
+            .ok()
+            .map(|i| c[i].inode)
     }
     /// Resolves an absolute or relative path (`/` separated, no symlinks
     /// followed) to an inode. `""` and `"/"` are the root.
     pub fn lookup(&self, path: &[u8]) -> Option<u32> {
         let mut ino = 0u32;
-        for part in path.split(|&c| c == b'/').filter(|p| !p.is_empty() && *p != b".") {
+        for part in path
+            .split(|&c| c == b'/')
+            .filter(|p| !p.is_empty() && *p != b".")
+        {
             ino = self.lookup_child(ino, part)?;
         }
         Some(ino)
@@ -396,9 +410,20 @@ impl Metadata {
     /// bytes of it). `regions` is the header's region table, for extent
     /// bounds. Every rule of the module doc is checked; the first fault is
     /// returned with its offset in the region.
-    pub fn decode(b: &[u8], regions: &[RegionEntry], inode_count: u32, dentry_count: u32) -> Result<Metadata, MetaFault> {
+    pub fn decode(
+        b: &[u8],
+        regions: &[RegionEntry],
+        inode_count: u32,
+        dentry_count: u32,
+    ) -> Result<Metadata, MetaFault> {
         if b.len() < META_HEADER {
-            return Err(fault(0, format!("metadata region is {} bytes, shorter than its header", b.len())));
+            return Err(fault(
+                0,
+                format!(
+                    "metadata region is {} bytes, shorter than its header",
+                    b.len()
+                ),
+            ));
         }
         if b[0..8] != META_MAGIC {
             return Err(fault(0, "bad metadata magic"));
@@ -412,7 +437,10 @@ impl Metadata {
             return Err(fault(32 + p, "reserved byte is not zero"));
         }
         if n_inodes as u64 != inode_count as u64 || n_dentries as u64 != dentry_count as u64 {
-            return Err(fault(8, "inode or entry count differs from the signed header"));
+            return Err(fault(
+                8,
+                "inode or entry count differs from the signed header",
+            ));
         }
         // Sizes in u64 so absurd counts cannot overflow.
         let need = META_HEADER as u64
@@ -422,7 +450,10 @@ impl Metadata {
             + n_xattrs as u64 * XATTR_SIZE as u64
             + strings_len;
         if need != b.len() as u64 {
-            return Err(fault(8, format!("tables need {need} bytes, region holds {}", b.len())));
+            return Err(fault(
+                8,
+                format!("tables need {need} bytes, region holds {}", b.len()),
+            ));
         }
         if n_inodes == 0 {
             return Err(fault(8, "no root inode"));
@@ -436,7 +467,12 @@ impl Metadata {
         let xattr_at = extent_at + n_extents * EXTENT_SIZE;
         let strings_at = xattr_at + n_xattrs * XATTR_SIZE;
         let strings = b[strings_at..].to_vec();
-        let sref = |off: usize, o: u32, l: u32, max: usize, what: &str| -> Result<StrRef, MetaFault> {
+        let sref = |off: usize,
+                    o: u32,
+                    l: u32,
+                    max: usize,
+                    what: &str|
+         -> Result<StrRef, MetaFault> {
             if (o as u64 + l as u64) > strings_len {
                 return Err(fault(off, format!("{what} at strings[{o}..+{l}] is outside the strings table ({strings_len} bytes)")));
             }
@@ -453,8 +489,20 @@ impl Metadata {
             if get_u16(b, o + 6) != 0 {
                 return Err(fault(o + 6, "reserved byte is not zero"));
             }
-            let name = sref(o, get_u32(b, o), get_u16(b, o + 4) as u32, XATTR_NAME_MAX, "xattr name")?;
-            let value = sref(o + 8, get_u32(b, o + 8), get_u32(b, o + 12), XATTR_VALUE_MAX, "xattr value")?;
+            let name = sref(
+                o,
+                get_u32(b, o),
+                get_u16(b, o + 4) as u32,
+                XATTR_NAME_MAX,
+                "xattr name",
+            )?;
+            let value = sref(
+                o + 8,
+                get_u32(b, o + 8),
+                get_u32(b, o + 12),
+                XATTR_VALUE_MAX,
+                "xattr value",
+            )?;
             let nb = &strings[name.off as usize..(name.off + name.len) as usize];
             if nb.is_empty() || nb.contains(&0) {
                 return Err(fault(o, format!("xattr {i}: empty name or name with NUL")));
@@ -475,25 +523,48 @@ impl Metadata {
                 region_offset: get_u64(b, o + 16),
                 len: get_u64(b, o + 24),
             };
-            let r = regions.get(e.region as usize).ok_or_else(|| fault(o + 8, format!("extent {i}: no region {}", e.region)))?;
+            let r = regions
+                .get(e.region as usize)
+                .ok_or_else(|| fault(o + 8, format!("extent {i}: no region {}", e.region)))?;
             match r.kind {
                 RegionKind::Data => {
                     if e.region_offset % BLOCK_SIZE != 0 || e.file_offset % BLOCK_SIZE != 0 {
-                        return Err(fault(o, format!("extent {i}: data extent not 4 KiB aligned")));
+                        return Err(fault(
+                            o,
+                            format!("extent {i}: data extent not 4 KiB aligned"),
+                        ));
                     }
                 }
                 RegionKind::Small => {
                     if e.file_offset != 0 {
-                        return Err(fault(o, format!("extent {i}: small-data extent at file offset {}", e.file_offset)));
+                        return Err(fault(
+                            o,
+                            format!(
+                                "extent {i}: small-data extent at file offset {}",
+                                e.file_offset
+                            ),
+                        ));
                     }
                 }
-                _ => return Err(fault(o + 8, format!("extent {i}: region {} holds no file data", e.region))),
+                _ => {
+                    return Err(fault(
+                        o + 8,
+                        format!("extent {i}: region {} holds no file data", e.region),
+                    ))
+                }
             }
-            if e.len == 0 || e.region_offset.checked_add(e.len).is_none_or(|end| end > r.logical_len) {
-                return Err(fault(o + 16, format!(
-                    "extent {i}: {} bytes at {} outside region {} ({} bytes)",
-                    e.len, e.region_offset, e.region, r.logical_len
-                )));
+            if e.len == 0
+                || e.region_offset
+                    .checked_add(e.len)
+                    .is_none_or(|end| end > r.logical_len)
+            {
+                return Err(fault(
+                    o + 16,
+                    format!(
+                        "extent {i}: {} bytes at {} outside region {} ({} bytes)",
+                        e.len, e.region_offset, e.region, r.logical_len
+                    ),
+                ));
             }
             if e.file_offset.checked_add(e.len).is_none() {
                 return Err(fault(o, format!("extent {i}: offset overflow")));
@@ -509,13 +580,17 @@ impl Metadata {
         for i in 0..n_inodes {
             let o = inode_at + i * INODE_SIZE;
             let r = &b[o..o + INODE_SIZE];
-            let kind = Kind::from_code(r[0]).ok_or_else(|| fault(o, format!("inode {i}: unknown kind {}", r[0])))?;
+            let kind = Kind::from_code(r[0])
+                .ok_or_else(|| fault(o, format!("inode {i}: unknown kind {}", r[0])))?;
             if r[1] & !1 != 0 || (r[1] != 0 && kind != Kind::Directory) {
                 return Err(fault(o + 1, format!("inode {i}: bad flags {:#x}", r[1])));
             }
             let perm = get_u16(r, 2);
             if perm & !0o7777 != 0 {
-                return Err(fault(o + 2, format!("inode {i}: mode bits {perm:#o} beyond 07777")));
+                return Err(fault(
+                    o + 2,
+                    format!("inode {i}: mode bits {perm:#o} beyond 07777"),
+                ));
             }
             let nsec = get_u32(r, 12);
             if nsec >= 1_000_000_000 {
@@ -527,11 +602,20 @@ impl Metadata {
                 return Err(fault(o + 24, format!("inode {i}: xattrs {xs}..+{xc} not the next {xattr_next}.. within {n_xattrs}")));
             }
             xattr_next = xs + xc;
-            for w in (xs as usize..(xs + xc) as usize).collect::<Vec<_>>().windows(2) {
+            for w in (xs as usize..(xs + xc) as usize)
+                .collect::<Vec<_>>()
+                .windows(2)
+            {
                 let (a, bb) = (&xattrs[w[0]], &xattrs[w[1]]);
-                let (na, nb) = (&strings[a.name.off as usize..(a.name.off + a.name.len) as usize], &strings[bb.name.off as usize..(bb.name.off + bb.name.len) as usize]);
+                let (na, nb) = (
+                    &strings[a.name.off as usize..(a.name.off + a.name.len) as usize],
+                    &strings[bb.name.off as usize..(bb.name.off + bb.name.len) as usize],
+                );
                 if na >= nb {
-                    return Err(fault(xattr_at + w[1] * XATTR_SIZE, format!("inode {i}: xattrs not sorted or duplicated")));
+                    return Err(fault(
+                        xattr_at + w[1] * XATTR_SIZE,
+                        format!("inode {i}: xattrs not sorted or duplicated"),
+                    ));
                 }
             }
             let a = get_u32(r, 32);
@@ -548,18 +632,30 @@ impl Metadata {
                     let mut end = 0u64;
                     for (k, e) in extents[es as usize..(es + ec) as usize].iter().enumerate() {
                         if e.file_offset < end {
-                            return Err(fault(extent_at + (es as usize + k) * EXTENT_SIZE, format!("inode {i}: extents overlap or are unsorted")));
+                            return Err(fault(
+                                extent_at + (es as usize + k) * EXTENT_SIZE,
+                                format!("inode {i}: extents overlap or are unsorted"),
+                            ));
                         }
                         end = e.file_offset + e.len;
                         let small = regions[e.region as usize].kind == RegionKind::Small;
                         if end > size || (small && (ec != 1 || end != size)) {
-                            return Err(fault(extent_at + (es as usize + k) * EXTENT_SIZE, format!("inode {i}: extent past end of file ({size} bytes)")));
+                            return Err(fault(
+                                extent_at + (es as usize + k) * EXTENT_SIZE,
+                                format!("inode {i}: extent past end of file ({size} bytes)"),
+                            ));
                         }
                         if !small && e.len % BLOCK_SIZE != 0 && end != size {
-                            return Err(fault(extent_at + (es as usize + k) * EXTENT_SIZE, format!("inode {i}: partial block in the middle of the file")));
+                            return Err(fault(
+                                extent_at + (es as usize + k) * EXTENT_SIZE,
+                                format!("inode {i}: partial block in the middle of the file"),
+                            ));
                         }
                     }
-                    Body::Regular { size, extents: es..es + ec }
+                    Body::Regular {
+                        size,
+                        extents: es..es + ec,
+                    }
                 }
                 Kind::Directory => {
                     if a != dentry_next || (a as u64 + bw as u64) > n_dentries as u64 {
@@ -570,12 +666,19 @@ impl Metadata {
                 }
                 Kind::Symlink => {
                     let t = sref(o + 32, a, bw, SYMLINK_MAX, "symlink target")?;
-                    if t.len == 0 || strings[t.off as usize..(t.off + t.len) as usize].contains(&0) {
-                        return Err(fault(o + 32, format!("inode {i}: empty symlink target or target with NUL")));
+                    if t.len == 0 || strings[t.off as usize..(t.off + t.len) as usize].contains(&0)
+                    {
+                        return Err(fault(
+                            o + 32,
+                            format!("inode {i}: empty symlink target or target with NUL"),
+                        ));
                     }
                     Body::Symlink { target: t }
                 }
-                Kind::CharDevice | Kind::BlockDevice => Body::Device { major: a, minor: bw },
+                Kind::CharDevice | Kind::BlockDevice => Body::Device {
+                    major: a,
+                    minor: bw,
+                },
                 Kind::Fifo | Kind::Socket => Body::Empty,
             };
             let used_to = match kind {
@@ -584,7 +687,10 @@ impl Metadata {
                 Kind::Fifo | Kind::Socket => 32,
             };
             if let Some(p) = r[used_to..].iter().position(|&c| c != 0) {
-                return Err(fault(o + used_to + p, format!("inode {i}: reserved byte is not zero")));
+                return Err(fault(
+                    o + used_to + p,
+                    format!("inode {i}: reserved byte is not zero"),
+                ));
             }
             inodes.push(Inode {
                 kind,
@@ -592,7 +698,10 @@ impl Metadata {
                 perm,
                 uid: get_u32(r, 4),
                 gid: get_u32(r, 8),
-                mtime: Timestamp { sec: get_u64(r, 16) as i64, nsec },
+                mtime: Timestamp {
+                    sec: get_u64(r, 16) as i64,
+                    nsec,
+                },
                 xattrs: xs..xs + xc,
                 body,
             });
@@ -617,7 +726,9 @@ impl Metadata {
         let mut first_dentry = vec![u32::MAX; n_inodes];
         parent[0] = 0;
         for (dir, inode) in inodes.iter().enumerate() {
-            let Body::Directory { entries } = &inode.body else { continue };
+            let Body::Directory { entries } = &inode.body else {
+                continue;
+            };
             nlink[dir] += 2;
             let mut prev: Option<&[u8]> = None;
             for k in entries.clone() {
@@ -627,24 +738,44 @@ impl Metadata {
                 }
                 let name = sref(o, get_u32(b, o), get_u16(b, o + 4) as u32, NAME_MAX, "name")?;
                 let nb = &strings[name.off as usize..(name.off + name.len) as usize];
-                if nb.is_empty() || nb.contains(&b'/') || nb.contains(&0) || nb == b"." || nb == b".." {
-                    return Err(fault(o, format!("entry {k}: invalid name {:?}", String::from_utf8_lossy(nb))));
+                if nb.is_empty()
+                    || nb.contains(&b'/')
+                    || nb.contains(&0)
+                    || nb == b"."
+                    || nb == b".."
+                {
+                    return Err(fault(
+                        o,
+                        format!("entry {k}: invalid name {:?}", String::from_utf8_lossy(nb)),
+                    ));
                 }
                 if prev.is_some_and(|p| p >= nb) {
-                    return Err(fault(o, format!("entry {k}: name {:?} duplicated or out of order", String::from_utf8_lossy(nb))));
+                    return Err(fault(
+                        o,
+                        format!(
+                            "entry {k}: name {:?} duplicated or out of order",
+                            String::from_utf8_lossy(nb)
+                        ),
+                    ));
                 }
                 prev = Some(nb);
                 let target = get_u32(b, o + 8);
                 let ti = target as usize;
                 if ti >= n_inodes || ti == 0 {
-                    return Err(fault(o + 8, format!("entry {k}: inode {target} does not exist or is the root")));
+                    return Err(fault(
+                        o + 8,
+                        format!("entry {k}: inode {target} does not exist or is the root"),
+                    ));
                 }
                 if inodes[ti].kind == Kind::Directory {
                     if ti <= dir {
                         return Err(fault(o + 8, format!("entry {k}: directory {target} inside {dir} breaks breadth-first order (a cycle?)")));
                     }
                     if first_dentry[ti] != u32::MAX {
-                        return Err(fault(o + 8, format!("entry {k}: directory {target} linked twice")));
+                        return Err(fault(
+                            o + 8,
+                            format!("entry {k}: directory {target} linked twice"),
+                        ));
                     }
                     nlink[dir] += 1;
                 } else {
@@ -654,17 +785,32 @@ impl Metadata {
                     first_dentry[ti] = k;
                     parent[ti] = dir as u32;
                 }
-                dentries.push(Dentry { name, inode: target });
+                dentries.push(Dentry {
+                    name,
+                    inode: target,
+                });
             }
         }
         // Dentries were pushed in directory order, which is table order
         // because ranges are consecutive.
         for (i, f) in first_dentry.iter().enumerate().skip(1) {
             if *f == u32::MAX {
-                return Err(fault(inode_at + i * INODE_SIZE, format!("inode {i} is not reachable from the root")));
+                return Err(fault(
+                    inode_at + i * INODE_SIZE,
+                    format!("inode {i} is not reachable from the root"),
+                ));
             }
         }
-        Ok(Metadata { inodes, dentries, extents, xattrs, strings, nlink, parent, first_dentry })
+        Ok(Metadata {
+            inodes,
+            dentries,
+            extents,
+            xattrs,
+            strings,
+            nlink,
+            parent,
+            first_dentry,
+        })
     }
 }
 
@@ -675,8 +821,24 @@ mod tests {
 
     fn regions() -> Vec<RegionEntry> {
         vec![
-            RegionEntry { kind: RegionKind::Data, encoding: Encoding::Raw, file_offset: 4096, stored_len: 8192, logical_len: 8192, hash_index: 0, root: [0; 32] },
-            RegionEntry { kind: RegionKind::Small, encoding: Encoding::Raw, file_offset: 12288, stored_len: 4096, logical_len: 10, hash_index: 2, root: [0; 32] },
+            RegionEntry {
+                kind: RegionKind::Data,
+                encoding: Encoding::Raw,
+                file_offset: 4096,
+                stored_len: 8192,
+                logical_len: 8192,
+                hash_index: 0,
+                root: [0; 32],
+            },
+            RegionEntry {
+                kind: RegionKind::Small,
+                encoding: Encoding::Raw,
+                file_offset: 12288,
+                stored_len: 4096,
+                logical_len: 10,
+                hash_index: 2,
+                root: [0; 32],
+            },
         ]
     }
 
@@ -687,12 +849,60 @@ mod tests {
         let t = Timestamp { sec: 1, nsec: 2 };
         Metadata {
             inodes: vec![
-                Inode { kind: Kind::Directory, owns_security: false, perm: 0o755, uid: 0, gid: 0, mtime: t, xattrs: 0..0, body: Body::Directory { entries: 0..2 } },
-                Inode { kind: Kind::Regular, owns_security: true, perm: 0o644, uid: 1, gid: 2, mtime: t, xattrs: 0..0, body: Body::Regular { size: 10, extents: 0..1 } },
-                Inode { kind: Kind::Directory, owns_security: true, perm: 0o700, uid: 0, gid: 0, mtime: t, xattrs: 0..0, body: Body::Directory { entries: 2..3 } },
+                Inode {
+                    kind: Kind::Directory,
+                    owns_security: false,
+                    perm: 0o755,
+                    uid: 0,
+                    gid: 0,
+                    mtime: t,
+                    xattrs: 0..0,
+                    body: Body::Directory { entries: 0..2 },
+                },
+                Inode {
+                    kind: Kind::Regular,
+                    owns_security: true,
+                    perm: 0o644,
+                    uid: 1,
+                    gid: 2,
+                    mtime: t,
+                    xattrs: 0..0,
+                    body: Body::Regular {
+                        size: 10,
+                        extents: 0..1,
+                    },
+                },
+                Inode {
+                    kind: Kind::Directory,
+                    owns_security: true,
+                    perm: 0o700,
+                    uid: 0,
+                    gid: 0,
+                    mtime: t,
+                    xattrs: 0..0,
+                    body: Body::Directory { entries: 2..3 },
+                },
             ],
-            dentries: vec![Dentry { name: s(0, 1), inode: 1 }, Dentry { name: s(1, 1), inode: 2 }, Dentry { name: s(2, 1), inode: 1 }],
-            extents: vec![Extent { file_offset: 0, region: 1, region_offset: 0, len: 10 }],
+            dentries: vec![
+                Dentry {
+                    name: s(0, 1),
+                    inode: 1,
+                },
+                Dentry {
+                    name: s(1, 1),
+                    inode: 2,
+                },
+                Dentry {
+                    name: s(2, 1),
+                    inode: 1,
+                },
+            ],
+            extents: vec![Extent {
+                file_offset: 0,
+                region: 1,
+                region_offset: 0,
+                len: 10,
+            }],
             xattrs: vec![],
             strings,
             nlink: vec![],
@@ -725,7 +935,10 @@ mod tests {
         let mut b = good.clone();
         let n = b.len();
         b[n - 3] = b'/';
-        assert!(Metadata::decode(&b, &regions(), 3, 3).unwrap_err().what.contains("invalid name"));
+        assert!(Metadata::decode(&b, &regions(), 3, 3)
+            .unwrap_err()
+            .what
+            .contains("invalid name"));
         // Duplicate: make "d" into "a"
         let mut b = good.clone();
         b[n - 2] = b'a';
@@ -734,7 +947,10 @@ mod tests {
         let mut b = good;
         let ext = dent + 3 * DENTRY_SIZE;
         b[ext + 24] = 200;
-        assert!(Metadata::decode(&b, &regions(), 3, 3).unwrap_err().what.contains("outside region"));
+        assert!(Metadata::decode(&b, &regions(), 3, 3)
+            .unwrap_err()
+            .what
+            .contains("outside region"));
     }
 
     #[test]

@@ -13,7 +13,9 @@
 
 use crate::compress::ChunkIndex;
 use crate::error::{Error, Result};
-use crate::format::{Encoding, Header, RegionEntry, RegionKind, BLOCK_SIZE, HEADER_SIZE, SIGNED_LEN};
+use crate::format::{
+    Encoding, Header, RegionEntry, RegionKind, BLOCK_SIZE, HEADER_SIZE, SIGNED_LEN,
+};
 use crate::hash::{block_cv, root_from_cvs, verify_blocks, Cv, BLOCK};
 use crate::keys::key_id;
 use crate::meta::{Body, Kind, Metadata};
@@ -74,16 +76,28 @@ pub struct Fragment {
 
 impl std::fmt::Debug for Fragment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Fragment").field("path", &self.path).field("name", &self.header.name).finish()
+        f.debug_struct("Fragment")
+            .field("path", &self.path)
+            .field("name", &self.header.name)
+            .finish()
     }
 }
 
 fn pread(file: &File, path: &Path, buf: &mut [u8], offset: u64, have: u64) -> Result<()> {
     file.read_exact_at(buf, offset).map_err(|e| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            Error::Truncated { path: path.to_owned(), offset, need: buf.len() as u64, have }
+            Error::Truncated {
+                path: path.to_owned(),
+                offset,
+                need: buf.len() as u64,
+                have,
+            }
         } else {
-            Error::Io { path: path.to_owned(), op: "read", source: e }
+            Error::Io {
+                path: path.to_owned(),
+                op: "read",
+                source: e,
+            }
         }
     })
 }
@@ -95,7 +109,12 @@ impl Fragment {
         let file = File::open(&path).map_err(Error::io(&path, "open"))?;
         let len = file.metadata().map_err(Error::io(&path, "stat"))?.len();
         if len < HEADER_SIZE as u64 {
-            return Err(Error::Truncated { path, offset: 0, need: HEADER_SIZE as u64, have: len });
+            return Err(Error::Truncated {
+                path,
+                offset: 0,
+                need: HEADER_SIZE as u64,
+                have: len,
+            });
         }
         let mut header_bytes = [0u8; HEADER_SIZE];
         pread(&file, &path, &mut header_bytes, 0, len)?;
@@ -103,14 +122,24 @@ impl Fragment {
 
         // Signature first: nothing else in the header is believed before it.
         let signer_hex = key_id(&header.signer);
-        let key = VerifyingKey::from_bytes(&header.signer)
-            .map_err(|_| Error::BadSignature { path: path.clone(), signer: signer_hex.clone(), signed_len: SIGNED_LEN })?;
+        let key = VerifyingKey::from_bytes(&header.signer).map_err(|_| Error::BadSignature {
+            path: path.clone(),
+            signer: signer_hex.clone(),
+            signed_len: SIGNED_LEN,
+        })?;
         let sig = Signature::from_bytes(&header.signature);
         key.verify_strict(&header_bytes[..SIGNED_LEN], &sig)
-            .map_err(|_| Error::BadSignature { path: path.clone(), signer: signer_hex.clone(), signed_len: SIGNED_LEN })?;
+            .map_err(|_| Error::BadSignature {
+                path: path.clone(),
+                signer: signer_hex.clone(),
+                signed_len: SIGNED_LEN,
+            })?;
         if let Trust::Keys(keys) = trust {
             if !keys.iter().any(|k| k.as_bytes() == &header.signer) {
-                return Err(Error::Untrusted { path, signer: signer_hex });
+                return Err(Error::Untrusted {
+                    path,
+                    signer: signer_hex,
+                });
             }
         }
 
@@ -120,17 +149,36 @@ impl Fragment {
         let mut hash_bytes = vec![0u8; hr.stored_len as usize];
         pread(&file, &path, &mut hash_bytes, hr.file_offset, len)?;
         if blake3::hash(&hash_bytes).as_bytes() != &hr.root {
-            return Err(Error::RootMismatch { path, region: hr_index as u32, kind: RegionKind::Hashes });
+            return Err(Error::RootMismatch {
+                path,
+                region: hr_index as u32,
+                kind: RegionKind::Hashes,
+            });
         }
-        if let Some(p) = hash_bytes[hr.logical_len as usize..].iter().position(|&c| c != 0) {
-            return Err(Error::Corrupt { path, offset: hr.file_offset + hr.logical_len + p as u64, what: "hash region padding is not zero".into() });
+        if let Some(p) = hash_bytes[hr.logical_len as usize..]
+            .iter()
+            .position(|&c| c != 0)
+        {
+            return Err(Error::Corrupt {
+                path,
+                offset: hr.file_offset + hr.logical_len + p as u64,
+                what: "hash region padding is not zero".into(),
+            });
         }
         let cvs: Vec<Cv> = hash_bytes[..hr.logical_len as usize]
             .chunks_exact(32)
             .map(|c| c.try_into().expect("chunks of 32"))
             .collect();
 
-        let mut frag = Fragment { path, file, header, header_bytes, cvs, meta: Metadata::default(), chunk_index: Vec::new() };
+        let mut frag = Fragment {
+            path,
+            file,
+            header,
+            header_bytes,
+            cvs,
+            meta: Metadata::default(),
+            chunk_index: Vec::new(),
+        };
 
         // Every region's hash list against its signed root.
         for (i, r) in frag.header.regions.iter().enumerate().take(hr_index) {
@@ -144,28 +192,40 @@ impl Fragment {
                 }
             };
             if !ok {
-                return Err(Error::RootMismatch { path: frag.path.clone(), region: i as u32, kind: r.kind });
+                return Err(Error::RootMismatch {
+                    path: frag.path.clone(),
+                    region: i as u32,
+                    kind: r.kind,
+                });
             }
         }
 
         // Compressed regions' indexes.
         for i in 0..frag.header.regions.len() {
             let r = frag.header.regions[i].clone();
-            let idx = if r.encoding == Encoding::Zstd {
-                let head = ChunkIndex::index_len(r.logical_len.div_ceil(crate::compress::CHUNK_SIZE));
-                if head > r.stored_len {
-                    return Err(Error::Corrupt { path: frag.path.clone(), offset: r.file_offset, what: format!("region {i}: chunk index larger than the region") });
-                }
-                let mut b = vec![0u8; head as usize];
-                frag.read_stored(i as u32, 0, &mut b)?;
-                Some(ChunkIndex::decode(&b, r.logical_len, r.stored_len).map_err(|(o, what)| Error::Corrupt {
-                    path: frag.path.clone(),
-                    offset: r.file_offset + o,
-                    what: format!("region {i}: {what}"),
-                })?)
-            } else {
-                None
-            };
+            let idx =
+                if r.encoding == Encoding::Zstd {
+                    let head =
+                        ChunkIndex::index_len(r.logical_len.div_ceil(crate::compress::CHUNK_SIZE));
+                    if head > r.stored_len {
+                        return Err(Error::Corrupt {
+                            path: frag.path.clone(),
+                            offset: r.file_offset,
+                            what: format!("region {i}: chunk index larger than the region"),
+                        });
+                    }
+                    let mut b = vec![0u8; head as usize];
+                    frag.read_stored(i as u32, 0, &mut b)?;
+                    Some(ChunkIndex::decode(&b, r.logical_len, r.stored_len).map_err(
+                        |(o, what)| Error::Corrupt {
+                            path: frag.path.clone(),
+                            offset: r.file_offset + o,
+                            what: format!("region {i}: {what}"),
+                        },
+                    )?)
+                } else {
+                    None
+                };
             frag.chunk_index.push(idx);
         }
 
@@ -175,11 +235,24 @@ impl Fragment {
         let mut mb = vec![0u8; mr.stored_len as usize];
         frag.read_stored(mi as u32, 0, &mut mb)?;
         if let Some(p) = mb[mr.logical_len as usize..].iter().position(|&c| c != 0) {
-            return Err(Error::Corrupt { path: frag.path.clone(), offset: mr.file_offset + mr.logical_len + p as u64, what: "metadata padding is not zero".into() });
+            return Err(Error::Corrupt {
+                path: frag.path.clone(),
+                offset: mr.file_offset + mr.logical_len + p as u64,
+                what: "metadata padding is not zero".into(),
+            });
         }
         mb.truncate(mr.logical_len as usize);
-        let meta = Metadata::decode(&mb, &frag.header.regions, frag.header.inode_count, frag.header.dentry_count)
-            .map_err(|f| Error::Corrupt { path: frag.path.clone(), offset: mr.file_offset + f.offset, what: format!("metadata: {}", f.what) })?;
+        let meta = Metadata::decode(
+            &mb,
+            &frag.header.regions,
+            frag.header.inode_count,
+            frag.header.dentry_count,
+        )
+        .map_err(|f| Error::Corrupt {
+            path: frag.path.clone(),
+            offset: mr.file_offset + f.offset,
+            what: format!("metadata: {}", f.what),
+        })?;
         check_no_overlap(&frag.path, &meta)?;
         frag.meta = meta;
         Ok(frag)
@@ -214,10 +287,24 @@ impl Fragment {
     /// Reads verified *stored* bytes of a region (raw regions: the same as
     /// logical bytes up to the stored length).
     pub fn read_stored(&self, region: u32, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let r = self.region(region).ok_or_else(|| Error::OutOfRange { path: self.path.clone(), region, offset, len: buf.len() as u64, size: 0 })?;
-        let end = offset.checked_add(buf.len() as u64).filter(|&e| e <= r.stored_len);
+        let r = self.region(region).ok_or_else(|| Error::OutOfRange {
+            path: self.path.clone(),
+            region,
+            offset,
+            len: buf.len() as u64,
+            size: 0,
+        })?;
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|&e| e <= r.stored_len);
         if end.is_none() || r.kind == RegionKind::Hashes {
-            return Err(Error::OutOfRange { path: self.path.clone(), region, offset, len: buf.len() as u64, size: r.stored_len });
+            return Err(Error::OutOfRange {
+                path: self.path.clone(),
+                region,
+                offset,
+                len: buf.len() as u64,
+                size: r.stored_len,
+            });
         }
         if buf.is_empty() {
             return Ok(());
@@ -253,7 +340,13 @@ impl Fragment {
                 })
             }
         };
-        pread(&self.file, &self.path, buf, r.file_offset + first * BLOCK_SIZE, self.header.file_size)?;
+        pread(
+            &self.file,
+            &self.path,
+            buf,
+            r.file_offset + first * BLOCK_SIZE,
+            self.header.file_size,
+        )?;
         let cvs = &self.region_cvs(region)[first as usize..last as usize];
         if let Some(bad) = verify_blocks(first, buf, cvs) {
             buf.fill(0); // never leave unverified bytes in the caller's buffer
@@ -272,18 +365,27 @@ impl Fragment {
     /// Reads verified *logical* bytes of a data or small-data region
     /// (decompressing verified frames for compressed regions).
     pub fn read_region(&self, region: u32, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let r = self.region(region).ok_or_else(|| Error::OutOfRange { path: self.path.clone(), region, offset, len: buf.len() as u64, size: 0 })?;
-        let idx = match &self.chunk_index[region as usize] {
-            None => return self.read_stored(region, offset, buf),
-            Some(i) => i,
-        };
-        let end = offset.checked_add(buf.len() as u64).filter(|&e| e <= r.logical_len).ok_or_else(|| Error::OutOfRange {
+        let r = self.region(region).ok_or_else(|| Error::OutOfRange {
             path: self.path.clone(),
             region,
             offset,
             len: buf.len() as u64,
-            size: r.logical_len,
+            size: 0,
         })?;
+        let idx = match &self.chunk_index[region as usize] {
+            None => return self.read_stored(region, offset, buf),
+            Some(i) => i,
+        };
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|&e| e <= r.logical_len)
+            .ok_or_else(|| Error::OutOfRange {
+                path: self.path.clone(),
+                region,
+                offset,
+                len: buf.len() as u64,
+                size: r.logical_len,
+            })?;
         let cs = idx.chunk_size;
         let mut pos = offset;
         while pos < end {
@@ -301,7 +403,10 @@ impl Fragment {
                 return Err(Error::Corrupt {
                     path: self.path.clone(),
                     offset: r.file_offset + fa,
-                    what: format!("region {region} chunk {c}: decompresses to {} bytes, expected {want}", plain.len()),
+                    what: format!(
+                        "region {region} chunk {c}: decompresses to {} bytes, expected {want}",
+                        plain.len()
+                    ),
                 });
             }
             let from = (pos - c * cs) as usize;
@@ -315,9 +420,15 @@ impl Fragment {
 
     /// Reads bytes of a regular file (holes read as zeros).
     pub fn read_file(&self, ino: u32, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        let inode = self.meta.inodes.get(ino as usize).ok_or(Error::NotFound { path: format!("inode {ino}"), what: "no such inode" })?;
+        let inode = self.meta.inodes.get(ino as usize).ok_or(Error::NotFound {
+            path: format!("inode {ino}"),
+            what: "no such inode",
+        })?;
         let Body::Regular { size, .. } = inode.body else {
-            return Err(Error::NotFound { path: String::from_utf8_lossy(&self.meta.path_of(ino)).into_owned(), what: "not a regular file" });
+            return Err(Error::NotFound {
+                path: String::from_utf8_lossy(&self.meta.path_of(ino)).into_owned(),
+                what: "not a regular file",
+            });
         };
         if offset >= size {
             return Ok(0);
@@ -332,7 +443,11 @@ impl Fragment {
             if a >= b {
                 continue;
             }
-            self.read_region(e.region, e.region_offset + (a - ea), &mut buf[(a - offset) as usize..(b - offset) as usize])?;
+            self.read_region(
+                e.region,
+                e.region_offset + (a - ea),
+                &mut buf[(a - offset) as usize..(b - offset) as usize],
+            )?;
         }
         Ok(n)
     }
@@ -356,8 +471,17 @@ impl Fragment {
                         // Per block, to list every bad one.
                         for b in 0..(n / BLOCK) as u64 {
                             let mut one = [0u8; BLOCK];
-                            if let Err(Error::BlockMismatch { block, file_offset, .. }) = self.read_stored(i as u32, off + b * BLOCK_SIZE, &mut one) {
-                                faults.push(Fault { region: i as u32, kind: r.kind, block, file_offset, paths: Vec::new() });
+                            if let Err(Error::BlockMismatch {
+                                block, file_offset, ..
+                            }) = self.read_stored(i as u32, off + b * BLOCK_SIZE, &mut one)
+                            {
+                                faults.push(Fault {
+                                    region: i as u32,
+                                    kind: r.kind,
+                                    block,
+                                    file_offset,
+                                    paths: Vec::new(),
+                                });
                             }
                         }
                     }
@@ -382,11 +506,17 @@ impl Fragment {
             }
             for e in self.meta.extents_of(ino as u32) {
                 let (a, b) = match &self.chunk_index[e.region as usize] {
-                    None => (e.region_offset / BLOCK_SIZE, (e.region_offset + e.len).div_ceil(BLOCK_SIZE)),
+                    None => (
+                        e.region_offset / BLOCK_SIZE,
+                        (e.region_offset + e.len).div_ceil(BLOCK_SIZE),
+                    ),
                     Some(idx) => {
                         let c0 = e.region_offset / idx.chunk_size;
                         let c1 = (e.region_offset + e.len - 1) / idx.chunk_size;
-                        (idx.frame(c0).0 / BLOCK_SIZE, idx.frame(c1).1.div_ceil(BLOCK_SIZE))
+                        (
+                            idx.frame(c0).0 / BLOCK_SIZE,
+                            idx.frame(c1).1.div_ceil(BLOCK_SIZE),
+                        )
                     }
                 };
                 for f in faults.iter_mut() {
@@ -407,7 +537,11 @@ impl Fragment {
 /// Distinct file contents must not partially overlap: equal extents are
 /// shared contents (deduplicated), anything else is corruption.
 fn check_no_overlap(path: &Path, meta: &Metadata) -> Result<()> {
-    let mut v: Vec<(u32, u64, u64)> = meta.extents.iter().map(|e| (e.region, e.region_offset, e.len)).collect();
+    let mut v: Vec<(u32, u64, u64)> = meta
+        .extents
+        .iter()
+        .map(|e| (e.region, e.region_offset, e.len))
+        .collect();
     v.sort_unstable();
     v.dedup();
     for w in v.windows(2) {
@@ -417,7 +551,10 @@ fn check_no_overlap(path: &Path, meta: &Metadata) -> Result<()> {
             return Err(Error::Corrupt {
                 path: path.to_owned(),
                 offset: 0,
-                what: format!("metadata: contents overlap in region {}: {}+{} and {}+{}", a.0, a.1, a.2, b.1, b.2),
+                what: format!(
+                    "metadata: contents overlap in region {}: {}+{} and {}+{}",
+                    a.0, a.1, a.2, b.1, b.2
+                ),
             });
         }
     }
