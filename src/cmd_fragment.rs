@@ -54,6 +54,9 @@ pub enum FragmentCmd {
         fragment: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Print an offset-annotated dump of the header and every metadata entry
+        #[arg(long, conflicts_with = "json")]
+        dump: bool,
         /// Also require the signer to be one of these keys
         #[arg(long, value_name = "KEY.pub")]
         trust: Vec<PathBuf>,
@@ -186,11 +189,13 @@ pub fn run(cmd: FragmentCmd) -> Result<ExitCode> {
             trust,
             json,
         } => verify(&fragment, &trust, json),
-        FragmentCmd::Inspect {
-            fragment,
-            json,
-            trust,
-        } => inspect(&fragment, &trust, json),
+        FragmentCmd::Inspect { fragment, json, dump, trust } => {
+            if dump {
+                print!("{}", fragments::dump::dump(&open(&fragment, &trust)?));
+                return Ok(ExitCode::SUCCESS);
+            }
+            inspect(&fragment, &trust, json)
+        }
         FragmentCmd::Ls {
             fragment,
             path,

@@ -32,6 +32,7 @@
 
 pub mod build;
 pub mod compress;
+pub mod dump;
 pub mod error;
 pub mod extract;
 pub mod format;
