@@ -189,7 +189,12 @@ pub fn run(cmd: FragmentCmd) -> Result<ExitCode> {
             trust,
             json,
         } => verify(&fragment, &trust, json),
-        FragmentCmd::Inspect { fragment, json, dump, trust } => {
+        FragmentCmd::Inspect {
+            fragment,
+            json,
+            dump,
+            trust,
+        } => {
             if dump {
                 print!("{}", fragments::dump::dump(&open(&fragment, &trust)?));
                 return Ok(ExitCode::SUCCESS);

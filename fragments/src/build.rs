@@ -21,6 +21,7 @@ use crate::format::{
 };
 use crate::hash::{cvs_of, root_from_cvs, Cv, BLOCK};
 use crate::meta::{Body, Dentry, Extent, Inode, Kind, Metadata, StrRef, Timestamp, Xattr};
+use crate::sink::DataSink;
 use ed25519_dalek::{Signer, SigningKey};
 use rayon::prelude::*;
 use std::collections::{HashMap, VecDeque};
@@ -311,54 +312,6 @@ impl Strings {
     }
 }
 
-/// The data region being written: either straight into the output file
-/// (raw, with block CVs computed as it goes) or into a scratch file that is
-/// compressed at the end.
-struct DataSink<'a> {
-    file: &'a File,
-    base: u64,
-    cursor: u64,
-    cvs: Vec<Cv>,
-    hash_inline: bool,
-    out_path: &'a Path,
-}
-
-impl DataSink<'_> {
-    /// Writes whole blocks at the cursor (the last may be short: it is padded).
-    fn write(&mut self, bytes: &[u8]) -> Result<u64> {
-        let at = self.cursor;
-        let padded_len = (bytes.len() as u64).div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
-        let mut owned;
-        let buf: &[u8] = if padded_len as usize == bytes.len() {
-            bytes
-        } else {
-            owned = Vec::with_capacity(padded_len as usize);
-            owned.extend_from_slice(bytes);
-            owned.resize(padded_len as usize, 0);
-            &owned
-        };
-        self.file
-            .write_all_at(buf, self.base + at)
-            .map_err(Error::io(self.out_path, "write"))?;
-        if self.hash_inline {
-            let new: Vec<Cv> = buf
-                .par_chunks(BLOCK)
-                .enumerate()
-                .map(|(i, b)| crate::hash::block_cv(at + (i * BLOCK) as u64, b))
-                .collect();
-            self.cvs.extend(new);
-        }
-        self.cursor += padded_len;
-        Ok(at)
-    }
-    fn rewind(&mut self, to: u64) {
-        self.cursor = to;
-        if self.hash_inline {
-            self.cvs.truncate((to / BLOCK_SIZE) as usize);
-        }
-    }
-}
-
 fn is_zero(b: &[u8]) -> bool {
     let (pre, mid, post) = unsafe { b.align_to::<u64>() };
     pre.iter().all(|&x| x == 0) && mid.iter().all(|&x| x == 0) && post.iter().all(|&x| x == 0)
@@ -406,29 +359,41 @@ fn place_runs(
     Ok(())
 }
 
-fn read_whole(path: &Path, size: u64) -> Result<Vec<u8>> {
+/// Reads a file of `size` bytes (as seen at scan) into `buf`, failing if
+/// its size changed since.
+fn read_into(path: &Path, buf: &mut [u8]) -> Result<()> {
     let mut f = File::open(path).map_err(src_err(path, "open"))?;
-    let mut data = Vec::with_capacity(size as usize);
-    f.by_ref()
-        .take(size + 1)
-        .read_to_end(&mut data)
-        .map_err(src_err(path, "read"))?;
-    if data.len() as u64 != size {
-        return Err(Error::Source {
-            path: path.to_owned(),
-            what: format!(
-                "changed during the build: {size} bytes at scan, {} now",
-                data.len()
-            ),
-            source: None,
-        });
+    let size = buf.len();
+    let changed = |now: String| Error::Source {
+        path: path.to_owned(),
+        what: format!("changed during the build: {size} bytes at scan, {now} now"),
+        source: None,
+    };
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read(&mut buf[done..]) {
+            Ok(0) => return Err(changed(done.to_string())),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(src_err(path, "read")(e)),
+        }
     }
-    Ok(data)
+    let mut probe = [0u8; 1];
+    match f.read(&mut probe) {
+        Ok(0) => Ok(()),
+        Ok(_) => Err(changed("more".into())),
+        Err(e) => Err(src_err(path, "read")(e)),
+    }
 }
 
 /// Streams a big file, skipping holes, writing its nonzero blocks. Returns
 /// its extents and a content key.
-fn stream_big(sink: &mut DataSink, path: &Path, size: u64) -> Result<(Vec<Extent>, [u8; 32])> {
+fn stream_big(
+    sink: &mut DataSink,
+    path: &Path,
+    size: u64,
+    want_key: bool,
+) -> Result<(Vec<Extent>, Option<[u8; 32]>)> {
     use std::os::fd::AsRawFd;
     let f = File::open(path).map_err(src_err(path, "open"))?;
     let fd = f.as_raw_fd();
@@ -444,29 +409,36 @@ fn stream_big(sink: &mut DataSink, path: &Path, size: u64) -> Result<(Vec<Extent
         if data < 0 {
             break; // ENXIO: only a hole remains
         }
-        let data = (data as u64 / BLOCK_SIZE) * BLOCK_SIZE;
+        // Whole blocks only, never before `pos`, so no block is read twice
+        // even where the filesystem's holes are finer than 4 KiB.
+        let data = (data as u64 / BLOCK_SIZE * BLOCK_SIZE).max(pos);
+        // SAFETY: as above.
         let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
         let hole = if hole < 0 {
             size
         } else {
-            (hole as u64).min(size)
-        };
+            (hole as u64).div_ceil(BLOCK_SIZE) * BLOCK_SIZE
+        }
+        .min(size);
+        let hole = if hole <= data { size } else { hole }; // never skip data on odd answers
         let mut p = data;
         while p < hole {
             let n = ((hole - p) as usize).min(PIECE);
             let piece = &mut buf[..n];
             f.read_exact_at(piece, p)
                 .map_err(src_err(path, "read (changed during the build?)"))?;
-            for (i, blk) in piece.chunks(BLOCK).enumerate() {
-                if !is_zero(blk) {
-                    key.update(&(p / BLOCK_SIZE + i as u64).to_le_bytes());
-                    key.update(blk);
+            if want_key {
+                for (i, blk) in piece.chunks(BLOCK).enumerate() {
+                    if !is_zero(blk) {
+                        key.update(&(p / BLOCK_SIZE + i as u64).to_le_bytes());
+                        key.update(blk);
+                    }
                 }
             }
             place_runs(sink, piece, p, &mut extents)?;
             p += n as u64;
         }
-        pos = hole.max(pos + 1);
+        pos = hole.div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
     }
     let now = f.metadata().map_err(src_err(path, "stat"))?.len();
     if now != size {
@@ -476,7 +448,7 @@ fn stream_big(sink: &mut DataSink, path: &Path, size: u64) -> Result<(Vec<Extent
             source: None,
         });
     }
-    Ok((extents, *key.finalize().as_bytes()))
+    Ok((extents, want_key.then(|| *key.finalize().as_bytes())))
 }
 
 /// Builds `out` from the tree at `src`, signed with `key`.
@@ -507,6 +479,7 @@ pub fn build(
         owns: opts.owns.iter().map(|o| normalize(o)).collect(),
         ..opts.clone()
     };
+    let t0 = std::time::Instant::now();
     progress.phase("scanning", 0);
     let mut scanned = scan(src, &opts)?;
 
@@ -523,17 +496,15 @@ pub fn build(
     } else {
         None
     };
-    let mut sink = DataSink {
-        file: scratch.as_ref().unwrap_or(tmp.as_file()),
-        base: if scratch.is_some() {
-            0
-        } else {
-            HEADER_SIZE as u64
-        },
-        cursor: 0,
-        cvs: Vec::new(),
-        hash_inline: scratch.is_none(),
-        out_path: out,
+    let mut sink = match &scratch {
+        Some(s) => DataSink::new(s, None, 0, false, out)?,
+        None => DataSink::new(
+            tmp.as_file(),
+            Some(tmp.path()),
+            HEADER_SIZE as u64,
+            true,
+            out,
+        )?,
     };
 
     // Contents, in inode order.
@@ -541,6 +512,10 @@ pub fn build(
         .filter(|&i| scanned[i as usize].kind == Kind::Regular)
         .collect();
     let total: u64 = files.iter().map(|&i| scanned[i as usize].size).sum();
+    tracing::info!(
+        elapsed_ms = t0.elapsed().as_millis() as u64,
+        "phase: storing contents"
+    );
     progress.phase("storing contents", total);
     let mut file_extents: HashMap<u32, Vec<Extent>> = HashMap::new();
     let mut small: Vec<u8> = Vec::new();
@@ -551,19 +526,33 @@ pub fn build(
         file_bytes: total,
         ..Default::default()
     };
+    // Only files whose size is shared can have a twin: hash just those.
+    let mut size_count: HashMap<u64, u32> = HashMap::new();
+    for &f in &files {
+        *size_count.entry(scanned[f as usize].size).or_default() += 1;
+    }
+    let shared_sizes: std::collections::HashSet<u64> = size_count
+        .into_iter()
+        .filter(|&(_, n)| n > 1)
+        .map(|(s, _)| s)
+        .collect();
+    let mut arena = vec![0u8; BATCH_BYTES as usize];
     let mut i = 0;
     while i < files.len() {
         let ino = files[i];
         let size = scanned[ino as usize].size;
         if size >= STREAM_MIN {
-            let start = sink.cursor;
-            let (ext, k) = stream_big(&mut sink, &scanned[ino as usize].path, size)?;
-            if let Some(prev) = data_seen.get(&k) {
+            let start = sink.cursor();
+            let maybe_dup = shared_sizes.contains(&size);
+            let (ext, k) = stream_big(&mut sink, &scanned[ino as usize].path, size, maybe_dup)?;
+            if let Some(prev) = k.and_then(|k| data_seen.get(&k)) {
                 sink.rewind(start);
                 file_extents.insert(ino, prev.clone());
                 report.deduplicated_files += 1;
             } else {
-                data_seen.insert(k, ext.clone());
+                if let Some(k) = k {
+                    data_seen.insert(k, ext.clone());
+                }
                 file_extents.insert(ino, ext);
             }
             progress.advance(size);
@@ -581,31 +570,43 @@ pub fn build(
             j += 1;
         }
         let batch = &files[i..j];
-        let loaded: Vec<Result<(Vec<u8>, [u8; 32])>> = batch
+        // One arena reused for every batch: fresh allocations per file
+        // cost more in page zeroing than the reads themselves.
+        let mut slices: Vec<&mut [u8]> = Vec::with_capacity(batch.len());
+        let mut rest = &mut arena[..];
+        for &ino in batch {
+            let (a, b) = rest.split_at_mut(scanned[ino as usize].size as usize);
+            slices.push(a);
+            rest = b;
+        }
+        let keys: Vec<Result<Option<[u8; 32]>>> = batch
             .par_iter()
-            .map(|&ino| {
-                let si = &scanned[ino as usize];
-                let data = read_whole(&si.path, si.size)?;
-                let k = *blake3::hash(&data).as_bytes();
-                Ok((data, k))
+            .zip(slices.par_iter_mut())
+            .map(|(&ino, buf)| {
+                read_into(&scanned[ino as usize].path, buf)?;
+                let maybe_dup = shared_sizes.contains(&(buf.len() as u64));
+                Ok(maybe_dup.then(|| *blake3::hash(buf).as_bytes()))
             })
             .collect();
-        for (&ino, l) in batch.iter().zip(loaded) {
-            let (data, k) = l?;
+        for ((&ino, k), data) in batch.iter().zip(keys).zip(slices) {
+            let k = k?;
+            let data: &[u8] = data;
             let size = data.len() as u64;
             if size == 0 {
                 continue;
             }
             if size < opts.small_threshold {
-                let off = match small_seen.get(&k) {
+                let off = match k.and_then(|k| small_seen.get(&k)) {
                     Some(&o) => {
                         report.deduplicated_files += 1;
                         o
                     }
                     None => {
                         let o = small.len() as u64;
-                        small.extend_from_slice(&data);
-                        small_seen.insert(k, o);
+                        small.extend_from_slice(data);
+                        if let Some(k) = k {
+                            small_seen.insert(k, o);
+                        }
                         o
                     }
                 };
@@ -618,13 +619,15 @@ pub fn build(
                         len: size,
                     }],
                 );
-            } else if let Some(prev) = data_seen.get(&k) {
+            } else if let Some(prev) = k.and_then(|k| data_seen.get(&k)) {
                 report.deduplicated_files += 1;
                 file_extents.insert(ino, prev.clone());
             } else {
                 let mut ext = Vec::new();
-                place_runs(&mut sink, &data, 0, &mut ext)?;
-                data_seen.insert(k, ext.clone());
+                place_runs(&mut sink, data, 0, &mut ext)?;
+                if let Some(k) = k {
+                    data_seen.insert(k, ext.clone());
+                }
                 file_extents.insert(ino, ext);
             }
             progress.advance(size);
@@ -633,6 +636,10 @@ pub fn build(
     }
 
     // Metadata tables.
+    tracing::info!(
+        elapsed_ms = t0.elapsed().as_millis() as u64,
+        "phase: writing metadata"
+    );
     progress.phase("writing metadata", 0);
     let mut strings = Strings { bytes: Vec::new() };
     let mut meta = Metadata::default();
@@ -712,7 +719,8 @@ pub fn build(
     };
 
     // Data region.
-    let data_logical = sink.cursor;
+    sink.finish()?;
+    let data_logical = sink.cursor();
     let (data_stored, data_cvs) = match (&scratch, level) {
         (Some(scratch), Some(level)) => {
             progress.phase("compressing", data_logical);
@@ -827,6 +835,7 @@ pub fn build(
     out_file
         .set_len(offset)
         .map_err(Error::io(out, "truncate"))?;
+    tracing::info!(elapsed_ms = t0.elapsed().as_millis() as u64, "phase: sync");
     out_file.sync_all().map_err(Error::io(out, "sync"))?;
     tmp.persist(out).map_err(|e| Error::Io {
         path: out.to_owned(),
@@ -837,6 +846,7 @@ pub fn build(
         let _ = d.sync_all();
     }
     report.fragment_bytes = offset;
+    tracing::info!(elapsed_ms = t0.elapsed().as_millis() as u64, "build done");
     Ok(report)
 }
 

@@ -37,7 +37,10 @@ pub fn dump(f: &Fragment) -> String {
     line(48, format!("header.inode_count = {}", h.inode_count));
     line(52, format!("header.dentry_count = {}", h.dentry_count));
     line(56, format!("header.build_time = {}", h.build_time));
-    line(64, format!("header.small_threshold = {}", h.small_threshold));
+    line(
+        64,
+        format!("header.small_threshold = {}", h.small_threshold),
+    );
     line(68, format!("header.zstd_level = {}", h.zstd_level));
     line(128, format!("header.name = {:?}", h.name));
     line(192, format!("header.version_label = {:?}", h.version));
@@ -62,11 +65,23 @@ pub fn dump(f: &Fragment) -> String {
 
     let mr = &h.regions[h.region_of(RegionKind::Metadata)];
     let base = mr.file_offset;
-    line(base, format!("meta.header inodes={} dentries={} extents={} xattrs={} strings={}", m.inodes.len(), m.dentries.len(), m.extents.len(), m.xattrs.len(), m.strings.len()));
+    line(
+        base,
+        format!(
+            "meta.header inodes={} dentries={} extents={} xattrs={} strings={}",
+            m.inodes.len(),
+            m.dentries.len(),
+            m.extents.len(),
+            m.xattrs.len(),
+            m.strings.len()
+        ),
+    );
     let inode_at = base + META_HEADER as u64;
     for (i, ino) in m.inodes.iter().enumerate() {
         let body = match &ino.body {
-            Body::Regular { size, extents } => format!("size={size} extents={}..{}", extents.start, extents.end),
+            Body::Regular { size, extents } => {
+                format!("size={size} extents={}..{}", extents.start, extents.end)
+            }
             Body::Directory { entries } => format!("entries={}..{}", entries.start, entries.end),
             Body::Symlink { target } => format!("target={}", esc(m.str(*target))),
             Body::Device { major, minor } => format!("rdev={major}:{minor}"),
@@ -82,18 +97,31 @@ pub fn dump(f: &Fragment) -> String {
     }
     let dentry_at = inode_at + (m.inodes.len() * INODE_SIZE) as u64;
     for (i, d) in m.dentries.iter().enumerate() {
-        line(dentry_at + (i * DENTRY_SIZE) as u64, format!("dentry[{i}] name={} inode={}", esc(m.name(d)), d.inode));
+        line(
+            dentry_at + (i * DENTRY_SIZE) as u64,
+            format!("dentry[{i}] name={} inode={}", esc(m.name(d)), d.inode),
+        );
     }
     let extent_at = dentry_at + (m.dentries.len() * DENTRY_SIZE) as u64;
     for (i, e) in m.extents.iter().enumerate() {
         line(
             extent_at + (i * EXTENT_SIZE) as u64,
-            format!("extent[{i}] file_offset={} region={} region_offset={} len={}", e.file_offset, e.region, e.region_offset, e.len),
+            format!(
+                "extent[{i}] file_offset={} region={} region_offset={} len={}",
+                e.file_offset, e.region, e.region_offset, e.len
+            ),
         );
     }
     let xattr_at = extent_at + (m.extents.len() * EXTENT_SIZE) as u64;
     for (i, x) in m.xattrs.iter().enumerate() {
-        line(xattr_at + (i * XATTR_SIZE) as u64, format!("xattr[{i}] name={} value={}", esc(m.str(x.name)), esc(m.str(x.value))));
+        line(
+            xattr_at + (i * XATTR_SIZE) as u64,
+            format!(
+                "xattr[{i}] name={} value={}",
+                esc(m.str(x.name)),
+                esc(m.str(x.value))
+            ),
+        );
     }
     let strings_at = xattr_at + (m.xattrs.len() * XATTR_SIZE) as u64;
     line(strings_at, format!("strings {}", esc(&m.strings)));

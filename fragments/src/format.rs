@@ -365,7 +365,7 @@ impl Header {
                     format!("region {i} starts at {}, expected {expect_offset} (regions are contiguous)", r.file_offset),
                 ));
             }
-            if r.stored_len % BLOCK_SIZE != 0 {
+            if !r.stored_len.is_multiple_of(BLOCK_SIZE) {
                 return Err(corrupt(
                     o + 16,
                     format!(

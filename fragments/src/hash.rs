@@ -32,8 +32,8 @@ pub fn block_cv(offset: u64, block: &[u8]) -> Cv {
 /// Chaining value of the subtree of `data` (2^k whole blocks) at `offset`,
 /// which must be a multiple of `data.len()`.
 pub fn subtree_cv(offset: u64, data: &[u8]) -> Cv {
-    debug_assert!(data.len() % BLOCK == 0 && (data.len() / BLOCK).is_power_of_two());
-    debug_assert!(offset % data.len() as u64 == 0);
+    debug_assert!(data.len().is_multiple_of(BLOCK) && (data.len() / BLOCK).is_power_of_two());
+    debug_assert!(offset.is_multiple_of(data.len() as u64));
     let mut h = blake3::Hasher::new();
     h.set_input_offset(offset);
     h.update(data);
@@ -92,7 +92,7 @@ pub fn root_from_cvs(cvs: &[Cv]) -> Option<blake3::Hash> {
 
 /// Block CVs of a whole region held in memory (length a multiple of 4096), in parallel.
 pub fn cvs_of(region: &[u8]) -> Vec<Cv> {
-    debug_assert!(region.len() % BLOCK == 0);
+    debug_assert!(region.len().is_multiple_of(BLOCK));
     region
         .par_chunks(BLOCK)
         .enumerate()

@@ -40,6 +40,7 @@ pub mod hash;
 pub mod keys;
 pub mod meta;
 pub mod read;
+mod sink;
 
 pub use build::{build, BuildOptions, BuildReport, NoProgress, Progress};
 pub use ed25519_dalek::{SigningKey, VerifyingKey};

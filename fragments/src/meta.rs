@@ -528,7 +528,9 @@ impl Metadata {
                 .ok_or_else(|| fault(o + 8, format!("extent {i}: no region {}", e.region)))?;
             match r.kind {
                 RegionKind::Data => {
-                    if e.region_offset % BLOCK_SIZE != 0 || e.file_offset % BLOCK_SIZE != 0 {
+                    if !e.region_offset.is_multiple_of(BLOCK_SIZE)
+                        || !e.file_offset.is_multiple_of(BLOCK_SIZE)
+                    {
                         return Err(fault(
                             o,
                             format!("extent {i}: data extent not 4 KiB aligned"),

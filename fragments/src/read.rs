@@ -311,7 +311,7 @@ impl Fragment {
         }
         let first = offset / BLOCK_SIZE;
         let last = (offset + buf.len() as u64).div_ceil(BLOCK_SIZE);
-        if offset % BLOCK_SIZE == 0 && buf.len() % BLOCK == 0 {
+        if offset.is_multiple_of(BLOCK_SIZE) && buf.len().is_multiple_of(BLOCK) {
             self.read_blocks_into(region, first, buf)
         } else {
             let mut work = vec![0u8; ((last - first) * BLOCK_SIZE) as usize];
@@ -329,7 +329,9 @@ impl Fragment {
         let r = self.region(region).filter(|r| r.kind != RegionKind::Hashes);
         let last = first.checked_add((buf.len() / BLOCK) as u64);
         let (r, last) = match (r, last) {
-            (Some(r), Some(last)) if last <= r.blocks() && buf.len() % BLOCK == 0 => (r, last),
+            (Some(r), Some(last)) if last <= r.blocks() && buf.len().is_multiple_of(BLOCK) => {
+                (r, last)
+            }
             _ => {
                 return Err(Error::OutOfRange {
                     path: self.path.clone(),

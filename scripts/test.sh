@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs every test of mosaic on a fresh machine: installs the system tools
+# the tests use when they are missing, then format, lint, fuzz (briefly) and
+# the whole cargo test suite. `.ci/run` calls exactly this.
+#
+#   scripts/test.sh              # everything
+#   FUZZ_SECONDS=0 scripts/test.sh   # skip the fuzzing pass (local iterations)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# tool -> Debian package providing it
+declare -A PKG=(
+  [openssl]=openssl
+  [diff]=diffutils
+)
+missing=()
+for tool in "${!PKG[@]}"; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("${PKG[$tool]}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+for tool in "${!PKG[@]}"; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "error: $tool is still missing after installing ${PKG[$tool]}" >&2; exit 2; }
+done
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --all-targets --workspace -- -D warnings
+
+if [ "${FUZZ_SECONDS:-60}" != 0 ]; then
+  echo "== fuzz (${FUZZ_SECONDS:-60} s)"
+  scripts/fuzz.sh "${FUZZ_SECONDS:-60}"
+fi
+
+echo "== cargo test"
+cargo test --workspace 2>&1
