@@ -78,6 +78,33 @@ fn generate(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Gives every entry of the generated tree the same mtime, so a re-run
+/// produces byte-identical fragments (directories after their children).
+fn pin_times(root: &Path, sec: i64) -> Result<()> {
+    use nix::sys::stat::{utimensat, UtimensatFlags};
+    use nix::sys::time::TimeSpec;
+    let t = TimeSpec::new(sec, 0);
+    let mut dirs = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).with_context(|| format!("read {}", d.display()))? {
+            let p = e?.path();
+            if fs::symlink_metadata(&p)?.is_dir() {
+                stack.push(p);
+            } else {
+                utimensat(None, &p, &t, &t, UtimensatFlags::NoFollowSymlink)
+                    .with_context(|| format!("set times of {}", p.display()))?;
+            }
+        }
+        dirs.push(d);
+    }
+    for d in dirs.iter().rev() {
+        utimensat(None, d, &t, &t, UtimensatFlags::NoFollowSymlink)
+            .with_context(|| format!("set times of {}", d.display()))?;
+    }
+    Ok(())
+}
+
 pub fn run(dir: &Path) -> Result<ExitCode> {
     fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let key_path = dir.join("lab.key");
@@ -89,6 +116,11 @@ pub fn run(dir: &Path) -> Result<ExitCode> {
     let trust = [keys::read_public(&keys::pub_path(&key_path))?];
     let src = dir.join("src");
     generate(&src)?;
+    let epoch = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(1_700_000_000);
+    pin_times(&src, epoch)?;
     for (name, owns) in [
         ("base", vec!["/etc".to_string(), "/usr".to_string()]),
         ("app", vec!["/usr/share/app".to_string()]),

@@ -109,7 +109,8 @@ pub enum Error {
 impl Error {
     /// True when the error means the *input* is invalid (a corrupt or
     /// untrusted fragment, a verification failure): exit code 1 in the CLI.
-    /// False for usage and environment errors: exit code 2.
+    /// False for usage and environment errors (including a key file that
+    /// is not a key: the operator gave the wrong file): exit code 2.
     pub fn is_invalid_input(&self) -> bool {
         matches!(
             self,
@@ -120,7 +121,6 @@ impl Error {
                 | Error::Untrusted { .. }
                 | Error::RootMismatch { .. }
                 | Error::BlockMismatch { .. }
-                | Error::Key { .. }
         )
     }
 

@@ -43,7 +43,7 @@
 //! | 2   | 6    | reserved, zero |
 //! | 8   | 8    | file offset (multiple of 4096) |
 //! | 16  | 8    | stored length (multiple of 4096) |
-//! | 24  | 8    | logical length (raw: bytes in use; zstd: uncompressed length) |
+//! | 24  | 8    | logical length (raw: bytes before the final zero padding, which for a data region are whole blocks; zstd: uncompressed length) |
 //! | 32  | 8    | index of the region's first block hash in the hash region |
 //! | 40  | 32   | root: blake3 of the region's stored bytes |
 //! | 72  | 24   | reserved, zero |
@@ -82,6 +82,7 @@ pub enum RegionKind {
     /// File contents, every file starting on a 4 KiB boundary.
     Data,
     /// Contents of small files, packed without alignment.
+    #[serde(rename = "small-data")]
     Small,
     /// The tree: inodes, entries, extents, xattrs, strings.
     Metadata,
