@@ -117,9 +117,8 @@ fn create(frag: &Fragment, ino: u32, p: &Path) -> Result<()> {
 fn apply(frag: &Fragment, ino: u32, p: &Path) -> Result<()> {
     let meta = frag.metadata();
     let inode = meta.inode(ino);
-    for (n, v) in meta.xattrs_of(ino) {
-        xattr::set(p, OsStr::from_bytes(n), v).map_err(Error::io(p, "set xattr"))?;
-    }
+    // Order matters: chown strips security.capability and set-id bits,
+    // so it goes first; an ACL xattr rewrites the mode, so chmod goes after.
     fchownat(
         None,
         p,
@@ -128,8 +127,10 @@ fn apply(frag: &Fragment, ino: u32, p: &Path) -> Result<()> {
         AtFlags::AT_SYMLINK_NOFOLLOW,
     )
     .map_err(nix_err(p, "chown"))?;
+    for (n, v) in meta.xattrs_of(ino) {
+        xattr::set(p, OsStr::from_bytes(n), v).map_err(Error::io(p, "set xattr"))?;
+    }
     if inode.kind != Kind::Symlink {
-        // After chown, which clears set-id bits.
         fs::set_permissions(p, fs::Permissions::from_mode(inode.perm as u32))
             .map_err(Error::io(p, "chmod"))?;
     }
