@@ -13,3 +13,6 @@
 //! - Deterministic: same fragments and options, same map and identity.
 //!
 //! It does not read file data or verify data blocks: that is `volume`'s job.
+
+pub mod ext4;
+pub mod merge;

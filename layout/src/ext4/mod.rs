@@ -1,0 +1,949 @@
+//! ext4 synthesis: from a merged tree to a block map.
+//!
+//! ```text
+//! block 0      superblock (at byte 1024)
+//! 1..          group descriptors (64 bytes each)
+//!              block bitmaps, inode bitmaps, inode tables (all groups, packed)
+//!              journal: one jbd2 superblock, the rest zeros
+//!              stored metadata: directory blocks, extent-tree blocks,
+//!                xattr blocks, long-symlink blocks
+//!              small files: one block each, from small-data regions
+//!              data regions of every fragment, mapped contiguously
+//!              second mappings of deduplicated contents
+//!              free space: zeros
+//! ```
+//!
+//! Everything but the stored metadata is generated when read: bitmaps and
+//! inode tables come from compact per-inode records, so memory stays
+//! proportional to the tree, not to the image. Inodes: 2 root, 8 journal,
+//! 11 lost+found, then the merged nodes in breadth-first order.
+
+pub mod dir;
+pub mod disk;
+pub mod export;
+
+use crate::merge::{FragIdx, Merged};
+use disk::*;
+use fragments::{Body, Kind, RegionKind};
+use std::collections::HashMap;
+
+/// Bump when the generator's output changes for the same inputs.
+/// FORMAT BREAK: part of the volume identity.
+pub const GENERATOR_VERSION: u32 = 1;
+
+/// Filesystem options from the manifest.
+#[derive(Debug, Clone)]
+pub struct Ext4Options {
+    pub label: String,
+    /// Free space the guest sees, in bytes.
+    pub free_bytes: u64,
+    pub uuid: Option<[u8; 16]>,
+}
+
+/// Where the bytes of a run of volume blocks come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Synthesized metadata: `Image::read_meta`.
+    Meta,
+    /// Zeros.
+    Zero,
+    /// Blocks of a fragment region's logical bytes, starting at `block`.
+    Fragment {
+        frag: FragIdx,
+        region: u32,
+        block: u64,
+    },
+    /// One block: `len` bytes at `offset` of a small-data region, then zeros.
+    Small {
+        frag: FragIdx,
+        region: u32,
+        offset: u64,
+        len: u32,
+    },
+}
+
+/// A run of volume blocks with one source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapExtent {
+    pub start: u64,
+    pub len: u64,
+    pub source: Source,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Ext4Error {
+    #[error(
+        "{path}: extended attributes do not fit in one 4 KiB block (or a POSIX ACL is malformed)"
+    )]
+    XattrTooBig { path: String },
+    #[error("{path}: too many extents ({n})")]
+    TooManyExtents { path: String, n: usize },
+    #[error("the volume needs {0} inodes, more than ext4 allows")]
+    TooManyInodes(u64),
+}
+
+/// What the inode table needs for one inode.
+#[derive(Debug, Clone, Default)]
+struct InodeRec {
+    /// Merged node, or u32::MAX for lost+found / journal.
+    node: u32,
+    mode: u16,
+    links: u16,
+    size: u64,
+    flags: u32,
+    ext_start: u32,
+    ext_count: u32,
+    tree_first: u64,
+    tree_blocks: u32,
+    xattr_block: u64,
+    data_blocks: u64,
+    /// For fast symlinks and devices, `i_block` comes from the node.
+    special: bool,
+}
+
+/// The synthesized volume.
+pub struct Image {
+    pub blocks: u64,
+    pub identity: [u8; 32],
+    pub uuid: [u8; 16],
+    pub map: Vec<MapExtent>,
+    fs_seed: u32,
+    groups: u64,
+    ipg: u32,
+    itable_per_group: u64,
+    gdt_start: u64,
+    gdt_blocks: u64,
+    bb_start: u64,
+    ib_start: u64,
+    it_start: u64,
+    journal_start: u64,
+    journal_blocks: u64,
+    stored_start: u64,
+    stored: Vec<Vec<u8>>,
+    used_end: u64,
+    last_ino: u32,
+    inodes: Vec<InodeRec>,
+    extents: Vec<PExtent>,
+    sb: Vec<u8>,
+    gdt: Vec<u8>,
+    merged_xattr_dummy: (),
+    time: (i64, u32),
+    node_iblock: HashMap<u32, [u8; 60]>,
+}
+
+fn default_journal_blocks(total: u64) -> u64 {
+    match total {
+        t if t < 32768 => 1024,
+        t if t < 256 * 1024 => 4096,
+        t if t < 512 * 1024 => 8192,
+        t if t < 4096 * 1024 => 16384,
+        t if t < 8192 * 1024 => 32768,
+        t if t < 16384 * 1024 => 65536,
+        _ => 131072,
+    }
+}
+
+fn split_extents(logical: u64, physical: u64, blocks: u64, out: &mut Vec<PExtent>) {
+    let mut done = 0;
+    while done < blocks {
+        let n = (blocks - done).min(MAX_EXTENT_LEN);
+        out.push(PExtent {
+            logical: (logical + done) as u32,
+            physical: physical + done,
+            len: n as u16,
+        });
+        done += n;
+    }
+}
+
+/// The pieces of the block map that do not depend on the front area size.
+struct DataPlan {
+    /// Per fragment: (region index, logical blocks) of each data region.
+    regions: Vec<(FragIdx, u32, u64)>,
+}
+
+impl Image {
+    /// Synthesizes the filesystem over `merged`.
+    pub fn build(merged: &Merged, opts: &Ext4Options) -> Result<Image, Ext4Error> {
+        let nodes = &merged.nodes;
+        // Identity: everything that determines the bytes.
+        let mut id = blake3::Hasher::new();
+        id.update(b"mosaic ext4 volume");
+        id.update(&GENERATOR_VERSION.to_le_bytes());
+        for f in &merged.fragments {
+            id.update(&f.id());
+        }
+        id.update(&(opts.label.len() as u64).to_le_bytes());
+        id.update(opts.label.as_bytes());
+        id.update(&opts.free_bytes.to_le_bytes());
+        id.update(&opts.uuid.map(|u| u.to_vec()).unwrap_or_default());
+        let identity = *id.finalize().as_bytes();
+        let derived = blake3::derive_key("mosaic ext4 uuid and hash seed", &identity);
+        let uuid = opts.uuid.unwrap_or_else(|| {
+            let mut u = [0u8; 16];
+            u.copy_from_slice(&derived[..16]);
+            u[6] = (u[6] & 0x0f) | 0x40;
+            u[8] = (u[8] & 0x3f) | 0x80;
+            u
+        });
+        let mut hash_seed_bytes = [0u8; 16];
+        hash_seed_bytes.copy_from_slice(&derived[16..32]);
+        let hash_seed: [u32; 4] = std::array::from_fn(|i| {
+            u32::from_le_bytes(
+                hash_seed_bytes[4 * i..4 * i + 4]
+                    .try_into()
+                    .expect("4 bytes"),
+            )
+        });
+        let fs_seed = crc(!0, &uuid);
+        let time = nodes
+            .iter()
+            .map(|n| (n.mtime.sec, n.mtime.nsec))
+            .max()
+            .unwrap_or((0, 0));
+
+        // Inode numbers.
+        let has_lf = merged.entries_of(0).iter().any(|e| e.name == b"lost+found");
+        let base: u32 = if has_lf { 10 } else { 11 };
+        let ino_of = |node: u32| if node == 0 { ROOT_INO } else { base + node };
+        let last_ino = base + nodes.len() as u32 - 1;
+        let last_ino = last_ino.max(LOST_FOUND_INO);
+        let mut inodes = vec![
+            InodeRec {
+                node: u32::MAX,
+                ..Default::default()
+            };
+            last_ino as usize + 1
+        ];
+
+        // Directories (content independent of placement).
+        let mut stored: Vec<Vec<u8>> = Vec::new();
+        let mut dir_blocks: HashMap<u32, (usize, usize, bool)> = HashMap::new(); // ino -> first stored, count, htree
+        let mut push_dir =
+            |stored: &mut Vec<Vec<u8>>, ino: u32, parent: u32, list: &[dir::DirIn]| {
+                let (blocks, htree) =
+                    dir::build(ino, parent, list, &hash_seed, inode_seed(fs_seed, ino, 0));
+                dir_blocks.insert(ino, (stored.len(), blocks.len(), htree));
+                stored.extend(blocks);
+            };
+        for (i, n) in nodes.iter().enumerate() {
+            if n.kind != Kind::Directory {
+                continue;
+            }
+            let mut list: Vec<dir::DirIn> = merged
+                .entries_of(i as u32)
+                .iter()
+                .map(|e| dir::DirIn {
+                    name: &e.name,
+                    ino: ino_of(e.node),
+                    ftype: dirent_type(nodes[e.node as usize].kind),
+                })
+                .collect();
+            let lf_name: &[u8] = b"lost+found";
+            if i == 0 && !has_lf {
+                let pos = list
+                    .binary_search_by(|d| d.name.cmp(lf_name))
+                    .unwrap_or_else(|p| p);
+                list.insert(
+                    pos,
+                    dir::DirIn {
+                        name: lf_name,
+                        ino: LOST_FOUND_INO,
+                        ftype: 2,
+                    },
+                );
+            }
+            push_dir(&mut stored, ino_of(i as u32), ino_of(n.parent), &list);
+        }
+        if !has_lf {
+            push_dir(&mut stored, LOST_FOUND_INO, ROOT_INO, &[]);
+        }
+        let dir_stored = stored.len();
+
+        // Xattr blocks, shared between inodes with identical sets.
+        let mut xattr_sets: HashMap<Vec<u8>, (usize, u32)> = HashMap::new(); // block bytes -> (stored idx, refcount)
+        let mut node_xattr: Vec<Option<usize>> = vec![None; nodes.len()];
+        for (i, _) in nodes.iter().enumerate() {
+            let attrs = merged.xattrs_of(i as u32);
+            if attrs.is_empty() {
+                continue;
+            }
+            let blk = xattr_block(&attrs).ok_or_else(|| Ext4Error::XattrTooBig {
+                path: node_path(merged, i as u32),
+            })?;
+            let e = xattr_sets.entry(blk).or_insert((usize::MAX, 0));
+            e.1 += 1;
+            node_xattr[i] = Some(0);
+        }
+        // Deterministic order of xattr blocks: by first user.
+        let mut xattr_order: Vec<Vec<u8>> = Vec::new();
+        for (i, _) in nodes.iter().enumerate() {
+            if node_xattr[i].is_none() {
+                continue;
+            }
+            let blk = xattr_block(&merged.xattrs_of(i as u32)).expect("built above");
+            let e = xattr_sets.get_mut(&blk).expect("inserted above");
+            if e.0 == usize::MAX {
+                e.0 = stored.len();
+                stored.push(blk.clone());
+                xattr_order.push(blk.clone());
+            }
+            node_xattr[i] = Some(e.0);
+        }
+        let xattr_refcount: HashMap<usize, u32> =
+            xattr_sets.values().map(|&(idx, rc)| (idx, rc)).collect();
+
+        // Long symlinks.
+        let mut symlink_block: HashMap<u32, usize> = HashMap::new();
+        for (i, n) in nodes.iter().enumerate() {
+            if n.kind == Kind::Symlink {
+                let (f, ino) = n.source.expect("non-directories have a source");
+                let t = merged.fragments[f as usize]
+                    .metadata()
+                    .symlink_target(ino)
+                    .unwrap_or(b"");
+                if t.len() >= 60 {
+                    let mut b = vec![0u8; BLOCK];
+                    b[..t.len()].copy_from_slice(t);
+                    symlink_block.insert(i as u32, stored.len());
+                    stored.push(b);
+                }
+            }
+        }
+
+        // Extent-tree block counts need each file's extent count, which
+        // does not depend on placement: count now, place later.
+        let mut small_count = 0u64;
+        let mut tree_total = 0usize;
+        let mut file_ext_count: HashMap<u32, usize> = HashMap::new();
+        for (i, n) in nodes.iter().enumerate() {
+            if n.kind != Kind::Regular {
+                continue;
+            }
+            let (f, ino) = n.source.expect("files have a source");
+            let frag = &merged.fragments[f as usize];
+            let mut count = 0usize;
+            for e in frag.metadata().extents_of(ino) {
+                if frag.region(e.region).map(|r| r.kind) == Some(RegionKind::Small) {
+                    small_count += 1;
+                    count += 1;
+                } else {
+                    count += (e.len.div_ceil(BLOCK as u64)).div_ceil(MAX_EXTENT_LEN) as usize;
+                }
+            }
+            if count > 4 * EXTENTS_PER_BLOCK * EXTENTS_PER_BLOCK {
+                return Err(Ext4Error::TooManyExtents {
+                    path: node_path(merged, i as u32),
+                    n: count,
+                });
+            }
+            tree_total += extent_tree_blocks(count);
+            file_ext_count.insert(i as u32, count);
+        }
+        let stored_meta_blocks = stored.len() as u64 + tree_total as u64;
+
+        // Data regions and deduplicated second uses.
+        let plan = DataPlan {
+            regions: merged
+                .fragments
+                .iter()
+                .enumerate()
+                .flat_map(|(fi, f)| {
+                    f.header()
+                        .regions
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, r)| r.kind == RegionKind::Data)
+                        .map(move |(ri, r)| {
+                            (
+                                fi as FragIdx,
+                                ri as u32,
+                                r.logical_len.div_ceil(BLOCK as u64),
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect(),
+        };
+        let data_blocks: u64 = plan.regions.iter().map(|r| r.2).sum();
+        let mut seen: HashMap<(FragIdx, u32, u64), ()> = HashMap::new();
+        let mut dup_blocks = 0u64;
+        for n in nodes.iter() {
+            if n.kind != Kind::Regular {
+                continue;
+            }
+            let (f, ino) = n.source.expect("files have a source");
+            let frag = &merged.fragments[f as usize];
+            for e in frag.metadata().extents_of(ino) {
+                if frag.region(e.region).map(|r| r.kind) == Some(RegionKind::Data)
+                    && seen.insert((f, e.region, e.region_offset), ()).is_some()
+                {
+                    dup_blocks += e.len.div_ceil(BLOCK as u64);
+                }
+            }
+        }
+        seen.clear();
+
+        // Geometry, iterated until stable.
+        let free_blocks = opts.free_bytes.div_ceil(BLOCK as u64);
+        let tail = stored_meta_blocks + small_count + data_blocks + dup_blocks;
+        let want_inodes = last_ino as u64 + (opts.free_bytes / 16384).max(64);
+        let mut groups = 1u64;
+        let journal_blocks = default_journal_blocks(tail + free_blocks);
+        let (total, ipg, itable_per_group, gdt_blocks) = loop {
+            let groups_for_inodes = want_inodes.div_ceil(32768).max(1);
+            let g = groups.max(groups_for_inodes);
+            let ipg = (want_inodes.div_ceil(g).div_ceil(16) * 16).min(32768);
+            if ipg * g < last_ino as u64 {
+                return Err(Ext4Error::TooManyInodes(want_inodes));
+            }
+            let itpg = ipg * INODE_SIZE as u64 / BLOCK as u64;
+            let gdtb = (g * DESC_SIZE as u64).div_ceil(BLOCK as u64);
+            let front = 1 + gdtb + 2 * g + itpg * g;
+            let mut total = front + journal_blocks + tail + free_blocks;
+            let need_groups = total.div_ceil(BLOCKS_PER_GROUP);
+            if need_groups < g {
+                // More groups than blocks need (for inodes): grow the free space.
+                total = (g - 1) * BLOCKS_PER_GROUP
+                    + 1024
+                        .max(total - (g - 1) * BLOCKS_PER_GROUP)
+                        .min(BLOCKS_PER_GROUP);
+            }
+            if total.div_ceil(BLOCKS_PER_GROUP) == g {
+                break (total, ipg as u32, itpg, gdtb);
+            }
+            groups = total.div_ceil(BLOCKS_PER_GROUP);
+        };
+        let free_blocks = total
+            - (1 + gdt_blocks + 2 * groups + itable_per_group * groups + journal_blocks + tail);
+        let gdt_start = 1;
+        let bb_start = gdt_start + gdt_blocks;
+        let ib_start = bb_start + groups;
+        let it_start = ib_start + groups;
+        let journal_start = it_start + itable_per_group * groups;
+        let stored_start = journal_start + journal_blocks;
+        let tree_start = stored_start + stored.len() as u64;
+        let small_start = stored_start + stored_meta_blocks;
+        let data_start = small_start + small_count;
+        let dup_start = data_start + data_blocks;
+        let used_end = dup_start + dup_blocks;
+        debug_assert_eq!(used_end + free_blocks, total);
+
+        // The map, and file extents.
+        let mut map = vec![
+            MapExtent {
+                start: 0,
+                len: journal_start + 1,
+                source: Source::Meta,
+            },
+            MapExtent {
+                start: journal_start + 1,
+                len: journal_blocks - 1,
+                source: Source::Zero,
+            },
+            MapExtent {
+                start: stored_start,
+                len: stored_meta_blocks,
+                source: Source::Meta,
+            },
+        ];
+        let mut region_base: HashMap<(FragIdx, u32), u64> = HashMap::new();
+        let mut at = data_start;
+        let mut data_map = Vec::new();
+        for &(f, r, n) in &plan.regions {
+            region_base.insert((f, r), at);
+            if n > 0 {
+                data_map.push(MapExtent {
+                    start: at,
+                    len: n,
+                    source: Source::Fragment {
+                        frag: f,
+                        region: r,
+                        block: 0,
+                    },
+                });
+            }
+            at += n;
+        }
+        let mut extents: Vec<PExtent> = Vec::new();
+        let mut small_at = small_start;
+        let mut dup_at = dup_start;
+        let mut tree_at = tree_start;
+        let mut dup_map = Vec::new();
+        let mut small_map = Vec::new();
+        let mut node_iblock: HashMap<u32, [u8; 60]> = HashMap::new();
+
+        for (i, n) in nodes.iter().enumerate() {
+            let ino = ino_of(i as u32);
+            let xblock = node_xattr[i].map(|s| stored_start + s as u64).unwrap_or(0);
+            let mut rec = InodeRec {
+                node: i as u32,
+                mode: (n.kind.mode_bits() | n.perm as u32) as u16,
+                links: if n.nlink > 65000 && n.kind == Kind::Directory {
+                    1
+                } else {
+                    n.nlink as u16
+                },
+                xattr_block: xblock,
+                ..Default::default()
+            };
+            match n.kind {
+                Kind::Regular => {
+                    let (f, fino) = n.source.expect("files have a source");
+                    let frag = &merged.fragments[f as usize];
+                    rec.size = frag.metadata().inode(fino).size();
+                    rec.flags = EXT4_EXTENTS_FL;
+                    rec.ext_start = extents.len() as u32;
+                    for e in frag.metadata().extents_of(fino) {
+                        let region = frag.region(e.region).expect("checked at open");
+                        let lblock = e.file_offset / BLOCK as u64;
+                        if region.kind == RegionKind::Small {
+                            small_map.push(MapExtent {
+                                start: small_at,
+                                len: 1,
+                                source: Source::Small {
+                                    frag: f,
+                                    region: e.region,
+                                    offset: e.region_offset,
+                                    len: e.len as u32,
+                                },
+                            });
+                            split_extents(lblock, small_at, 1, &mut extents);
+                            small_at += 1;
+                            rec.data_blocks += 1;
+                        } else {
+                            let nb = e.len.div_ceil(BLOCK as u64);
+                            let first_use =
+                                seen.insert((f, e.region, e.region_offset), ()).is_none();
+                            let phys = if first_use {
+                                region_base[&(f, e.region)] + e.region_offset / BLOCK as u64
+                            } else {
+                                let p = dup_at;
+                                dup_map.push(MapExtent {
+                                    start: p,
+                                    len: nb,
+                                    source: Source::Fragment {
+                                        frag: f,
+                                        region: e.region,
+                                        block: e.region_offset / BLOCK as u64,
+                                    },
+                                });
+                                dup_at += nb;
+                                p
+                            };
+                            split_extents(lblock, phys, nb, &mut extents);
+                            rec.data_blocks += nb;
+                        }
+                    }
+                    rec.ext_count = extents.len() as u32 - rec.ext_start;
+                    debug_assert_eq!(rec.ext_count as usize, file_ext_count[&(i as u32)]);
+                    let tb = extent_tree_blocks(rec.ext_count as usize);
+                    if tb > 0 {
+                        rec.tree_first = tree_at;
+                        rec.tree_blocks = tb as u32;
+                        tree_at += tb as u64;
+                    }
+                }
+                Kind::Directory => {
+                    let (first, count, htree) = dir_blocks[&ino];
+                    rec.size = count as u64 * BLOCK as u64;
+                    rec.flags = EXT4_EXTENTS_FL | if htree { EXT4_INDEX_FL } else { 0 };
+                    rec.ext_start = extents.len() as u32;
+                    split_extents(0, stored_start + first as u64, count as u64, &mut extents);
+                    rec.ext_count = extents.len() as u32 - rec.ext_start;
+                    rec.data_blocks = count as u64;
+                }
+                Kind::Symlink => {
+                    let (f, fino) = n.source.expect("symlinks have a source");
+                    let t = merged.fragments[f as usize]
+                        .metadata()
+                        .symlink_target(fino)
+                        .unwrap_or(b"");
+                    rec.size = t.len() as u64;
+                    if let Some(&s) = symlink_block.get(&(i as u32)) {
+                        rec.flags = EXT4_EXTENTS_FL;
+                        rec.ext_start = extents.len() as u32;
+                        split_extents(0, stored_start + s as u64, 1, &mut extents);
+                        rec.ext_count = 1;
+                        rec.data_blocks = 1;
+                    } else {
+                        let mut ib = [0u8; 60];
+                        ib[..t.len()].copy_from_slice(t);
+                        node_iblock.insert(i as u32, ib);
+                        rec.special = true;
+                    }
+                }
+                Kind::CharDevice | Kind::BlockDevice => {
+                    let (f, fino) = n.source.expect("devices have a source");
+                    let mut ib = [0u8; 60];
+                    if let Body::Device { major, minor } =
+                        merged.fragments[f as usize].metadata().inode(fino).body
+                    {
+                        if major < 256 && minor < 256 {
+                            put32(&mut ib, 0, (major << 8) | minor);
+                        } else {
+                            put32(
+                                &mut ib,
+                                4,
+                                (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12),
+                            );
+                        }
+                    }
+                    node_iblock.insert(i as u32, ib);
+                    rec.special = true;
+                }
+                Kind::Fifo | Kind::Socket => rec.special = true,
+            }
+            if !has_lf && i == 0 {
+                rec.links += 1; // lost+found
+            }
+            inodes[ino as usize] = rec;
+        }
+        debug_assert_eq!(tree_at, small_start);
+        debug_assert_eq!(small_at, data_start);
+        debug_assert_eq!(dup_at, used_end);
+
+        // lost+found and the journal.
+        if !has_lf {
+            let (first, count, _) = dir_blocks[&LOST_FOUND_INO];
+            let mut rec = InodeRec {
+                node: u32::MAX,
+                mode: 0o040700,
+                links: 2,
+                size: count as u64 * BLOCK as u64,
+                flags: EXT4_EXTENTS_FL,
+                ..Default::default()
+            };
+            rec.ext_start = extents.len() as u32;
+            split_extents(0, stored_start + first as u64, count as u64, &mut extents);
+            rec.ext_count = extents.len() as u32 - rec.ext_start;
+            rec.data_blocks = count as u64;
+            inodes[LOST_FOUND_INO as usize] = rec;
+        }
+        let mut jrec = InodeRec {
+            node: u32::MAX,
+            mode: 0o100600,
+            links: 1,
+            size: journal_blocks * BLOCK as u64,
+            flags: EXT4_EXTENTS_FL,
+            ..Default::default()
+        };
+        jrec.ext_start = extents.len() as u32;
+        split_extents(0, journal_start, journal_blocks, &mut extents);
+        jrec.ext_count = extents.len() as u32 - jrec.ext_start;
+        jrec.data_blocks = journal_blocks;
+        let (jiblock, _) = extent_tree(
+            &extents[jrec.ext_start as usize..(jrec.ext_start + jrec.ext_count) as usize],
+            0,
+            JOURNAL_INO,
+            0,
+        );
+        inodes[JOURNAL_INO as usize] = jrec;
+
+        // Seal the xattr blocks now that their addresses are known.
+        for (idx, rc) in &xattr_refcount {
+            seal_xattr_block(&mut stored[*idx], fs_seed, stored_start + *idx as u64, *rc);
+        }
+        let _ = xattr_order;
+        let _ = dir_stored;
+
+        map.extend(small_map);
+        map.extend(data_map);
+        map.extend(dup_map);
+        if free_blocks > 0 {
+            map.push(MapExtent {
+                start: used_end,
+                len: free_blocks,
+                source: Source::Zero,
+            });
+        }
+        map.retain(|m| m.len > 0);
+        merge_adjacent(&mut map);
+
+        let mut img = Image {
+            blocks: total,
+            identity,
+            uuid,
+            map,
+            fs_seed,
+            groups,
+            ipg,
+            itable_per_group,
+            gdt_start,
+            gdt_blocks,
+            bb_start,
+            ib_start,
+            it_start,
+            journal_start,
+            journal_blocks,
+            stored_start,
+            stored,
+            used_end,
+            last_ino,
+            inodes,
+            extents,
+            sb: Vec::new(),
+            gdt: Vec::new(),
+            merged_xattr_dummy: (),
+            time,
+            node_iblock,
+        };
+        img.build_tree_blocks();
+        img.build_gdt_and_sb(merged, opts, &hash_seed_bytes, &jiblock);
+        Ok(img)
+    }
+
+    /// Generates the extent-tree blocks of big files into `stored`.
+    fn build_tree_blocks(&mut self) {
+        let mut blocks: Vec<(u64, Vec<u8>)> = Vec::new();
+        for (ino, r) in self.inodes.iter().enumerate() {
+            if r.tree_blocks == 0 {
+                continue;
+            }
+            let exts = &self.extents[r.ext_start as usize..(r.ext_start + r.ext_count) as usize];
+            let (_, bl) = extent_tree(
+                exts,
+                r.tree_first,
+                ino as u32,
+                inode_seed(self.fs_seed, ino as u32, 0),
+            );
+            for (k, b) in bl.into_iter().enumerate() {
+                blocks.push((r.tree_first + k as u64, b));
+            }
+        }
+        blocks.sort_by_key(|b| b.0);
+        for (blk, b) in blocks {
+            debug_assert_eq!(blk, self.stored_start + self.stored.len() as u64);
+            self.stored.push(b);
+        }
+    }
+
+    fn block_bitmap(&self, g: u64) -> Vec<u8> {
+        let mut b = vec![0u8; BLOCK];
+        let first = g * BLOCKS_PER_GROUP;
+        for i in 0..BLOCKS_PER_GROUP {
+            let blk = first + i;
+            if blk < self.used_end || blk >= self.blocks {
+                b[(i / 8) as usize] |= 1 << (i % 8);
+            }
+        }
+        b
+    }
+
+    fn inode_bitmap(&self, g: u64) -> Vec<u8> {
+        let mut b = vec![0u8; BLOCK];
+        for i in 0..(BLOCK as u64 * 8) {
+            let ino = g * self.ipg as u64 + i + 1;
+            if i >= self.ipg as u64 || ino <= self.last_ino as u64 {
+                b[(i / 8) as usize] |= 1 << (i % 8);
+            }
+        }
+        b
+    }
+
+    fn build_gdt_and_sb(
+        &mut self,
+        merged: &Merged,
+        opts: &Ext4Options,
+        hash_seed: &[u8; 16],
+        jiblock: &[u8; 60],
+    ) {
+        let mut gdt = vec![0u8; (self.gdt_blocks as usize) * BLOCK];
+        let mut free_total = 0u64;
+        let mut free_inodes_total = 0u64;
+        for g in 0..self.groups {
+            let first = g * BLOCKS_PER_GROUP;
+            let end = ((g + 1) * BLOCKS_PER_GROUP).min(self.blocks);
+            let free = end.saturating_sub(self.used_end.max(first));
+            let ino_first = g * self.ipg as u64 + 1;
+            let used_inodes = (self.last_ino as u64 + 1)
+                .saturating_sub(ino_first)
+                .min(self.ipg as u64);
+            let mut dirs = 0u32;
+            for ino in ino_first..ino_first + used_inodes {
+                let r = &self.inodes[ino as usize];
+                if r.mode & 0o170000 == 0o040000 {
+                    dirs += 1;
+                }
+            }
+            let bb = self.block_bitmap(g);
+            let ib = self.inode_bitmap(g);
+            let d = GroupDesc {
+                block_bitmap: self.bb_start + g,
+                inode_bitmap: self.ib_start + g,
+                inode_table: self.it_start + g * self.itable_per_group,
+                free_blocks: free as u32,
+                free_inodes: (self.ipg as u64 - used_inodes) as u32,
+                used_dirs: dirs,
+                flags: BG_INODE_ZEROED | if used_inodes == 0 { BG_INODE_UNINIT } else { 0 },
+                itable_unused: (self.ipg as u64 - used_inodes) as u32,
+                block_bitmap_csum: crc(self.fs_seed, &bb[..(BLOCKS_PER_GROUP / 8) as usize]),
+                inode_bitmap_csum: crc(self.fs_seed, &ib[..(self.ipg / 8) as usize]),
+            };
+            let enc = encode_group_desc(self.fs_seed, g as u32, &d);
+            gdt[g as usize * DESC_SIZE..(g as usize + 1) * DESC_SIZE].copy_from_slice(&enc);
+            free_total += free;
+            free_inodes_total += self.ipg as u64 - used_inodes;
+        }
+        let mut label = [0u8; 16];
+        let lb = opts.label.as_bytes();
+        label[..lb.len().min(16)].copy_from_slice(&lb[..lb.len().min(16)]);
+        let mut jnl = [0u32; 17];
+        for (i, w) in jnl.iter_mut().take(15).enumerate() {
+            *w = u32::from_le_bytes(jiblock[4 * i..4 * i + 4].try_into().expect("4 bytes"));
+        }
+        let jsize = self.journal_blocks * BLOCK as u64;
+        jnl[15] = (jsize >> 32) as u32;
+        jnl[16] = jsize as u32;
+        let time = self.time.0.clamp(0, u32::MAX as i64) as u32;
+        let _ = merged;
+        self.sb = superblock_block(&SuperInfo {
+            inodes_count: (self.ipg as u64 * self.groups) as u32,
+            blocks_count: self.blocks,
+            free_blocks: free_total,
+            free_inodes: free_inodes_total as u32,
+            inodes_per_group: self.ipg,
+            time,
+            uuid: self.uuid,
+            label,
+            hash_seed: *hash_seed,
+            jnl_blocks: jnl,
+            log_groups_per_flex: 4,
+        });
+        self.gdt = gdt;
+    }
+
+    fn inode_bytes(&self, merged: &Merged, ino: u32) -> [u8; INODE_SIZE] {
+        if ino as usize >= self.inodes.len() || ino == 0 {
+            return [0; INODE_SIZE];
+        }
+        let r = &self.inodes[ino as usize];
+        if r.mode == 0 {
+            // Reserved inodes we do not use: zeroed, with a valid checksum.
+            let f = InodeFields {
+                mode: 0,
+                uid: 0,
+                gid: 0,
+                size: 0,
+                mtime: (0, 0),
+                links: 0,
+                blocks_512: 0,
+                flags: 0,
+                iblock: [0; 60],
+                xattr_block: 0,
+            };
+            return encode_inode(self.fs_seed, ino, &f);
+        }
+        let (uid, gid, mtime) = if r.node == u32::MAX {
+            (0, 0, self.time)
+        } else {
+            let n = &merged.nodes[r.node as usize];
+            (n.uid, n.gid, (n.mtime.sec, n.mtime.nsec))
+        };
+        let iblock = if r.special {
+            self.node_iblock.get(&r.node).copied().unwrap_or([0; 60])
+        } else {
+            let exts = &self.extents[r.ext_start as usize..(r.ext_start + r.ext_count) as usize];
+            extent_tree(exts, r.tree_first, ino, inode_seed(self.fs_seed, ino, 0)).0
+        };
+        let blocks = r.data_blocks + r.tree_blocks as u64 + (r.xattr_block != 0) as u64;
+        let f = InodeFields {
+            mode: r.mode,
+            uid,
+            gid,
+            size: r.size,
+            mtime,
+            links: r.links,
+            blocks_512: blocks * 8,
+            flags: r.flags,
+            iblock,
+            xattr_block: r.xattr_block,
+        };
+        encode_inode(self.fs_seed, ino, &f)
+    }
+
+    /// The bytes of a synthesized metadata block (`Source::Meta`).
+    pub fn read_meta(&self, merged: &Merged, block: u64, buf: &mut [u8]) {
+        debug_assert_eq!(buf.len(), BLOCK);
+        buf.fill(0);
+        let _ = self.merged_xattr_dummy;
+        if block == 0 {
+            buf.copy_from_slice(&self.sb);
+        } else if block < self.bb_start {
+            let i = (block - self.gdt_start) as usize * BLOCK;
+            buf.copy_from_slice(&self.gdt[i..i + BLOCK]);
+        } else if block < self.ib_start {
+            buf.copy_from_slice(&self.block_bitmap(block - self.bb_start));
+        } else if block < self.it_start {
+            buf.copy_from_slice(&self.inode_bitmap(block - self.ib_start));
+        } else if block < self.journal_start {
+            let rel = block - self.it_start;
+            let g = rel / self.itable_per_group;
+            let k = rel % self.itable_per_group;
+            let per = (BLOCK / INODE_SIZE) as u64;
+            for j in 0..per {
+                let ino = g * self.ipg as u64 + k * per + j + 1;
+                if ino <= self.last_ino as u64 {
+                    let b = self.inode_bytes(merged, ino as u32);
+                    buf[j as usize * INODE_SIZE..(j as usize + 1) * INODE_SIZE].copy_from_slice(&b);
+                }
+            }
+        } else if block == self.journal_start {
+            buf.copy_from_slice(&journal_superblock(self.journal_blocks as u32, &self.uuid));
+        } else if block >= self.stored_start && block < self.stored_start + self.stored.len() as u64
+        {
+            buf.copy_from_slice(&self.stored[(block - self.stored_start) as usize]);
+        }
+    }
+
+    /// The map extent holding `block`.
+    pub fn lookup(&self, block: u64) -> Option<&MapExtent> {
+        let i = self.map.partition_point(|m| m.start + m.len <= block);
+        self.map.get(i).filter(|m| m.start <= block)
+    }
+}
+
+fn merge_adjacent(map: &mut Vec<MapExtent>) {
+    map.sort_by_key(|m| m.start);
+    let mut out: Vec<MapExtent> = Vec::with_capacity(map.len());
+    for m in map.drain(..) {
+        if let Some(l) = out.last_mut() {
+            let contiguous = match (l.source, m.source) {
+                (Source::Meta, Source::Meta) | (Source::Zero, Source::Zero) => true,
+                (
+                    Source::Fragment {
+                        frag: a,
+                        region: ra,
+                        block: ba,
+                    },
+                    Source::Fragment {
+                        frag: b,
+                        region: rb,
+                        block: bb,
+                    },
+                ) => a == b && ra == rb && ba + l.len == bb,
+                _ => false,
+            };
+            if contiguous && l.start + l.len == m.start {
+                l.len += m.len;
+                continue;
+            }
+        }
+        out.push(m);
+    }
+    *map = out;
+}
+
+fn node_path(merged: &Merged, node: u32) -> String {
+    let mut parts = Vec::new();
+    let mut cur = node;
+    while cur != 0 {
+        let p = merged.nodes[cur as usize].parent;
+        if let Some(e) = merged.entries_of(p).iter().find(|e| e.node == cur) {
+            parts.push(String::from_utf8_lossy(&e.name).into_owned());
+        }
+        cur = p;
+    }
+    parts.reverse();
+    format!("/{}", parts.join("/"))
+}
