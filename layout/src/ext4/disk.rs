@@ -38,6 +38,7 @@ pub const EXT4_EXTENTS_FL: u32 = 0x80000;
 
 // Group descriptor flags.
 pub const BG_INODE_UNINIT: u16 = 0x1;
+pub const BG_BLOCK_UNINIT: u16 = 0x2;
 pub const BG_INODE_ZEROED: u16 = 0x4;
 
 /// File type codes in directory entries.

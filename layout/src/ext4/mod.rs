@@ -390,7 +390,7 @@ impl Image {
         let want_inodes = last_ino as u64 + (opts.free_bytes / 16384).max(64);
         let mut groups = 1u64;
         let journal_blocks = default_journal_blocks(tail + free_blocks);
-        let (total, ipg, itable_per_group, gdt_blocks) = loop {
+        let (total, groups, ipg, itable_per_group, gdt_blocks) = loop {
             let groups_for_inodes = want_inodes.div_ceil(32768).max(1);
             let g = groups.max(groups_for_inodes);
             let ipg = (want_inodes.div_ceil(g).div_ceil(16) * 16).min(32768);
@@ -403,14 +403,12 @@ impl Image {
             let mut total = front + journal_blocks + tail + free_blocks;
             let need_groups = total.div_ceil(BLOCKS_PER_GROUP);
             if need_groups < g {
-                // More groups than blocks need (for inodes): grow the free space.
-                total = (g - 1) * BLOCKS_PER_GROUP
-                    + 1024
-                        .max(total - (g - 1) * BLOCKS_PER_GROUP)
-                        .min(BLOCKS_PER_GROUP);
+                // More groups than blocks need (for inodes): grow the free
+                // space so the last group is a real one.
+                total = total.max((g - 1) * BLOCKS_PER_GROUP + 1024);
             }
             if total.div_ceil(BLOCKS_PER_GROUP) == g {
-                break (total, ipg as u32, itpg, gdtb);
+                break (total, g, ipg as u32, itpg, gdtb);
             }
             groups = total.div_ceil(BLOCKS_PER_GROUP);
         };
@@ -775,7 +773,15 @@ impl Image {
                 free_blocks: free as u32,
                 free_inodes: (self.ipg as u64 - used_inodes) as u32,
                 used_dirs: dirs,
-                flags: BG_INODE_ZEROED | if used_inodes == 0 { BG_INODE_UNINIT } else { 0 },
+                // e2fsck's rule (ext2fs_set_gdt_csum): a group whose blocks
+                // are all free, other than the last, is BLOCK_UNINIT.
+                flags: BG_INODE_ZEROED
+                    | if used_inodes == 0 { BG_INODE_UNINIT } else { 0 }
+                    | if free == BLOCKS_PER_GROUP && g + 1 != self.groups {
+                        BG_BLOCK_UNINIT
+                    } else {
+                        0
+                    },
                 itable_unused: (self.ipg as u64 - used_inodes) as u32,
                 block_bitmap_csum: crc(self.fs_seed, &bb[..(BLOCKS_PER_GROUP / 8) as usize]),
                 inode_bitmap_csum: crc(self.fs_seed, &ib[..(self.ipg / 8) as usize]),
@@ -795,7 +801,9 @@ impl Image {
         let jsize = self.journal_blocks * BLOCK as u64;
         jnl[15] = (jsize >> 32) as u32;
         jnl[16] = jsize as u32;
-        let time = self.time.0.clamp(0, u32::MAX as i64) as u32;
+        // The newest mtime, capped at the end of the signed 32-bit epoch so a
+        // file dated far ahead does not put the superblock in the future.
+        let time = self.time.0.clamp(0, i32::MAX as i64) as u32;
         let _ = merged;
         self.sb = superblock_block(&SuperInfo {
             inodes_count: (self.ipg as u64 * self.groups) as u32,
