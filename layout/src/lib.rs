@@ -1,18 +1,40 @@
 //! # layout: merge fragments and synthesize an ext4 volume as a block map
 //!
-//! Contract (not implemented yet; see the layout issue):
+//! ```text
+//!  volume.toml --Manifest::load--> Manifest (checked: keys, files, sizes)
+//!       | open_fragments / FragmentCache::open_manifest
+//!       v   (every fragment fully checked at open, each file opened once)
+//!  Vec<Arc<Fragment>> --merge--> Merged (one namespace) --ext4--> block map
+//! ```
 //!
-//! - Takes N opened, verified [`fragments`] and merges their namespaces.
-//!   Fragments have equal priority: the result does not depend on their
-//!   order. A non-directory path provided twice is a conflict; all conflicts
-//!   are reported at once. Directory security comes from the owning fragment.
-//! - Produces no image bytes. Its output is a *block map*: a sorted list of
-//!   non-overlapping extents of the volume, each synthesized metadata, a run
-//!   of a fragment's data-region blocks, a small file's bytes, or zeros; plus a
-//!   volume identity hash over everything that determines the bytes.
-//! - Deterministic: same fragments and options, same map and identity.
+//! Contract:
+//!
+//! - [`manifest`]: `volume.toml` parsed into a [`Manifest`]; every problem
+//!   is reported as `FILE:LINE: message` naming the key (and the file, for
+//!   a missing one). [`FragmentCache`] opens each fragment file once per
+//!   process; [`open_fragments`] loads the trust keys and opens every
+//!   fragment, reporting all failures at once, each naming its file.
+//! - [`merge`]: takes N opened, verified [`fragments`] and merges their
+//!   namespaces. Fragments have equal priority: the result does not depend
+//!   on their order (they are sorted by identity). A non-directory path
+//!   provided twice is a conflict; all conflicts are reported at once.
+//!   Directory security (mode, owner, xattrs) comes from the fragments
+//!   owning the directory, which must agree; unowned directories inherit
+//!   from their nearest owned ancestor. Hard links stay hard links.
+//! - `ext4`: produces no image bytes. Its output is a *block map*: a sorted
+//!   list of non-overlapping extents of the volume, each synthesized
+//!   metadata, a run of a fragment's data-region blocks, a small file's
+//!   bytes, or zeros; plus a volume identity hash over everything that
+//!   determines the bytes.
+//! - Deterministic: same fragments and options, same tree, map and identity.
 //!
 //! It does not read file data or verify data blocks: that is `volume`'s job.
 
+pub mod error;
 pub mod ext4;
+pub mod manifest;
 pub mod merge;
+
+pub use error::{Error, Problem, Result};
+pub use manifest::{open_fragments, FragmentCache, FsOptions, Manifest};
+pub use merge::{merge, merge_report, Conflict, ConflictKind, MergeReport, Merged};
