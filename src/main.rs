@@ -5,6 +5,7 @@
 
 mod cmd_demo;
 mod cmd_fragment;
+mod cmd_volume;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -36,6 +37,9 @@ enum Command {
     /// Build, check and look into fragments
     #[command(subcommand)]
     Fragment(cmd_fragment::FragmentCmd),
+    /// Check volume manifests (volume.toml)
+    #[command(subcommand)]
+    Volume(cmd_volume::VolumeCmd),
     /// Build a demo fragment set from a generated tree, verify and inspect it
     Demo {
         /// Working directory (reused on a re-run)
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Keygen { output, force } => cmd_fragment::keygen(&output, force),
         Command::Fragment(c) => cmd_fragment::run(c),
+        Command::Volume(c) => cmd_volume::run(c),
         Command::Demo { dir } => cmd_demo::run(&dir),
     };
     match result {

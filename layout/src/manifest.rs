@@ -162,17 +162,9 @@ impl Manifest {
             path: path.to_owned(),
             problems,
         };
-        let raw: Raw = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| line_of(text, s.start));
-            err(vec![Problem {
-                line,
-                message: e.message().trim_end().replace('\n', "; "),
-            }])
-        })?;
-        let base = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-            _ => PathBuf::from("."),
-        };
+        let raw: Raw = toml::from_str(text).map_err(|e| err(vec![syntax_problem(text, &e)]))?;
+        // "volume.toml" has the parent "": names then stay as written.
+        let base = path.parent().unwrap_or(Path::new("")).to_owned();
         let mut pr = Problems {
             text,
             list: Vec::new(),
@@ -286,6 +278,55 @@ impl Manifest {
             filesystem: fs,
             overlay,
         })
+    }
+}
+
+/// A parse or type error from the toml crate, located: the line, and the
+/// key when the line is a `key = value` one (prefixed with its table).
+fn syntax_problem(text: &str, e: &toml::de::Error) -> Problem {
+    let message = e.message().trim_end().replace('\n', "; ");
+    let Some(span) = e.span() else {
+        return Problem {
+            line: None,
+            message,
+        };
+    };
+    // A span over the whole document (a missing top-level key) has no line.
+    if span.start == 0 && span.end >= text.trim_end().len() {
+        return Problem {
+            line: None,
+            message,
+        };
+    }
+    let line = line_of(text, span.start);
+    let lines: Vec<&str> = text.lines().collect();
+    let bare = |k: &str| {
+        !k.is_empty()
+            && k.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+    };
+    let key = lines.get(line - 1).and_then(|l| {
+        let (k, _) = l.split_once('=')?;
+        let k = k.trim();
+        bare(k).then_some(k)
+    });
+    let table = lines[..(line - 1).min(lines.len())]
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with('['))
+        .and_then(|l| {
+            let t = l.trim_start_matches('[').split(']').next()?.trim();
+            bare(t).then_some(t)
+        });
+    let message = match (table, key) {
+        (Some(t), Some(k)) => format!("{t}.{k}: {message}"),
+        (None, Some(k)) => format!("{k}: {message}"),
+        _ => message,
+    };
+    Problem {
+        line: Some(line),
+        message,
     }
 }
 
@@ -407,6 +448,9 @@ pub fn parse_uuid(s: &str) -> Option<[u8; 16]> {
     Some(out)
 }
 
+/// One file's place in the cache: empty until opened successfully.
+type Slot = Arc<Mutex<Option<Arc<Fragment>>>>;
+
 /// Opens fragments, each file at most once per cache (so once per process
 /// when the server shares one cache between all its manifests).
 ///
@@ -417,7 +461,7 @@ pub fn parse_uuid(s: &str) -> Option<[u8; 16]> {
 /// the caller's keys.
 #[derive(Default)]
 pub struct FragmentCache {
-    slots: Mutex<HashMap<(u64, u64), Arc<Mutex<Option<Arc<Fragment>>>>>>,
+    slots: Mutex<HashMap<(u64, u64), Slot>>,
 }
 
 impl FragmentCache {
@@ -648,6 +692,12 @@ path = "x.overlay"
             ),
             ("[overlay]\npath = \"a.frag\"\n", 5, "overlay.path"),
             ("[overlay]\nwhere = \"x\"\n", 5, "where"),
+            (
+                "[filesystem]\nlabel = 3\n",
+                5,
+                "filesystem.label: invalid type",
+            ),
+            ("name = \"again\"\n", 4, "name: duplicate key"),
         ];
         for (tail, line, needle) in cases {
             let p = problems(&m, &format!("{head}{tail}"));
@@ -667,7 +717,8 @@ path = "x.overlay"
         assert!(p[3].message.contains("trust: at least one key"), "{p:?}");
         // A missing required key.
         let p = problems(&m, "fragments = [\"a.frag\"]\ntrust = [\"k.pub\"]\n");
-        assert!(p[0].message.contains("name"), "{p:?}");
+        assert!(p[0].message.contains("missing field `name`"), "{p:?}");
+        assert_eq!(p[0].line, None);
         // Syntax error.
         let p = problems(&m, "name = \"root\"\nfragments = [\"a.frag\"\n");
         assert_eq!(p[0].line, Some(2), "{p:?}");

@@ -204,8 +204,8 @@ pub fn merge(fragments: Vec<Arc<Fragment>>) -> Result<Merged> {
 ///   a directory is an [`ConflictKind::Overlap`] conflict.
 /// - A directory's mode, owner and xattrs come from the fragments owning it
 ///   ([`fragments::Inode::owns_security`]); owners must agree (perm, uid,
-///   gid, xattr names and values byte for byte), or each owner differing
-///   from the first is a [`ConflictKind::Security`] conflict. A directory
+///   gid, xattr names and values byte for byte), or every pair of owners
+///   that differ is a [`ConflictKind::Security`] conflict. A directory
 ///   nobody owns inherits its parent's (so its nearest owned ancestor's);
 ///   an unowned root is root:root 0755 without xattrs. Its mtime is the
 ///   newest among its providers.
@@ -223,7 +223,7 @@ pub fn merge_report(fragments: Vec<Arc<Fragment>>) -> Result<MergeReport> {
     }
     let mut keyed: Vec<([u8; 32], Arc<Fragment>)> =
         fragments.into_iter().map(|f| (f.id(), f)).collect();
-    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    keyed.sort_by_key(|k| k.0);
     for w in keyed.windows(2) {
         if w[0].0 == w[1].0 {
             return Err(Error::SameFragment {
@@ -510,16 +510,23 @@ impl Merger<'_> {
             if !i.owns_security {
                 continue;
             }
-            match owner {
-                None => owner = Some((f, ino)),
-                Some(o) => {
-                    if let Some(detail) = self.security_difference(o, (f, ino)) {
-                        let path = match at {
-                            Some((d, name)) => self.child_path(d, name),
-                            None => b"/".to_vec(),
-                        };
-                        self.conflict(path, ConflictKind::Security, o, (f, ino), detail);
-                    }
+            if owner.is_none() {
+                owner = Some((f, ino));
+                continue;
+            }
+            // Every pair of owners that disagree (not only against the
+            // first: the report must not depend on the sorted order).
+            for e in provs.start..k {
+                let o = self.providers[e];
+                if !self.metas[o.0 as usize].inode(o.1).owns_security {
+                    continue;
+                }
+                if let Some(detail) = self.security_difference(o, (f, ino)) {
+                    let path = match at {
+                        Some((d, name)) => self.child_path(d, name),
+                        None => b"/".to_vec(),
+                    };
+                    self.conflict(path, ConflictKind::Security, o, (f, ino), detail);
                 }
             }
         }
