@@ -530,6 +530,10 @@ impl Merger<'_> {
                 }
             }
         }
+        if len == 0 {
+            // Only an empty fragment list gives a provider-less (root) directory.
+            mtime = Timestamp::default();
+        }
         let (perm, uid, gid, xattrs) = match owner {
             Some((f, ino)) => {
                 let i = self.metas[f as usize].inode(ino);
@@ -948,6 +952,16 @@ mod tests {
         assert_eq!(c.kind, ConflictKind::Security);
         assert_eq!(c.path, b"/srv");
         assert!(c.detail.contains("mode"), "{}", c.detail);
+    }
+
+    #[test]
+    fn no_fragments_is_an_empty_root() {
+        let m = merge(Vec::new()).unwrap();
+        assert_eq!(m.nodes.len(), 1);
+        assert!(m.entries.is_empty());
+        let r = &m.nodes[0];
+        assert_eq!((r.perm, r.uid, r.gid, r.nlink), (0o755, 0, 0, 2));
+        assert_eq!(r.mtime, Timestamp::default());
     }
 
     #[test]
