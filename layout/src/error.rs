@@ -50,6 +50,10 @@ pub enum Error {
     /// The fragments overlap or disagree; every conflict is listed.
     #[error("{}", conflicts_text(.0))]
     Conflicts(Vec<Conflict>),
+
+    /// The merged tree cannot be expressed as the ext4 volume.
+    #[error(transparent)]
+    Ext4(#[from] crate::ext4::Ext4Error),
 }
 
 /// One thing wrong with a manifest.
@@ -115,7 +119,8 @@ impl Error {
             | Error::SameFragment { .. }
             | Error::TooManyFragments(_)
             | Error::TooLarge(_)
-            | Error::Conflicts(_) => true,
+            | Error::Conflicts(_)
+            | Error::Ext4(_) => true,
             Error::Keys(e) | Error::Fragments(e) => e.iter().any(|e| e.is_invalid_input()),
         }
     }

@@ -38,3 +38,41 @@ pub mod merge;
 pub use error::{Error, Problem, Result};
 pub use manifest::{open_fragments, FragmentCache, FsOptions, Manifest};
 pub use merge::{merge, merge_report, Conflict, ConflictKind, MergeReport, Merged};
+
+/// A manifest turned into a volume: its fragments, the merged tree and the
+/// synthesized ext4 image (block map and on-demand metadata).
+pub struct Layout {
+    pub manifest: Manifest,
+    pub merged: Merged,
+    pub image: ext4::Image,
+}
+
+impl Layout {
+    /// Loads the manifest, opens and checks every fragment (through `cache`,
+    /// so a process opens each file once), merges and synthesizes.
+    pub fn open(manifest: impl AsRef<std::path::Path>, cache: &FragmentCache) -> Result<Layout> {
+        let manifest = Manifest::load(manifest)?;
+        let fragments = cache.open_manifest(&manifest)?;
+        let merged = merge(fragments)?;
+        let fs = &manifest.filesystem;
+        let image = ext4::Image::build(
+            &merged,
+            &ext4::Ext4Options {
+                label: fs.label.clone(),
+                free_bytes: fs.free,
+                uuid: fs.uuid,
+            },
+        )?;
+        Ok(Layout {
+            manifest,
+            merged,
+            image,
+        })
+    }
+
+    /// Reads whole volume blocks starting at `block` into `buf` (fragment
+    /// bytes through the fragments' verified reads).
+    pub fn read_blocks(&self, block: u64, buf: &mut [u8]) -> fragments::Result<()> {
+        ext4::export::read_blocks(&self.merged, &self.image, block, buf)
+    }
+}

@@ -253,7 +253,6 @@ pub fn extent_tree_blocks(n: usize) -> usize {
 pub fn extent_tree(
     exts: &[PExtent],
     first_block: u64,
-    ino: u32,
     inode_seed: u32,
 ) -> ([u8; 60], Vec<Vec<u8>>) {
     let mut iblock = [0u8; 60];
@@ -264,7 +263,6 @@ pub fn extent_tree(
         }
         return (iblock, Vec::new());
     }
-    let _ = ino;
     let tail = |blk: &mut Vec<u8>| {
         let c = crc(inode_seed, &blk[..BLOCK - 4]);
         put32(blk, BLOCK - 4, c);
@@ -501,7 +499,10 @@ pub fn xattr_index(name: &[u8]) -> (u8, &[u8]) {
 /// VFS POSIX ACL (v2, 8-byte entries) to ext4's on-disk form (v1, short
 /// entries for the owner/group/mask/other tags). `None` if malformed.
 pub fn acl_to_disk(v: &[u8]) -> Option<Vec<u8>> {
-    if v.len() < 4 || (v.len() - 4) % 8 != 0 || u32::from_le_bytes(v[0..4].try_into().ok()?) != 2 {
+    if v.len() < 4
+        || !(v.len() - 4).is_multiple_of(8)
+        || u32::from_le_bytes(v[0..4].try_into().ok()?) != 2
+    {
         return None;
     }
     let mut out = 1u32.to_le_bytes().to_vec();

@@ -126,7 +126,6 @@ pub struct Image {
     extents: Vec<PExtent>,
     sb: Vec<u8>,
     gdt: Vec<u8>,
-    merged_xattr_dummy: (),
     time: (i64, u32),
     node_iblock: HashMap<u32, [u8; 60]>,
 }
@@ -258,7 +257,6 @@ impl Image {
         if !has_lf {
             push_dir(&mut stored, LOST_FOUND_INO, ROOT_INO, &[]);
         }
-        let dir_stored = stored.len();
 
         // Xattr blocks, shared between inodes with identical sets.
         let mut xattr_sets: HashMap<Vec<u8>, (usize, u32)> = HashMap::new(); // block bytes -> (stored idx, refcount)
@@ -633,7 +631,6 @@ impl Image {
         let (jiblock, _) = extent_tree(
             &extents[jrec.ext_start as usize..(jrec.ext_start + jrec.ext_count) as usize],
             0,
-            JOURNAL_INO,
             0,
         );
         inodes[JOURNAL_INO as usize] = jrec;
@@ -642,8 +639,6 @@ impl Image {
         for (idx, rc) in &xattr_refcount {
             seal_xattr_block(&mut stored[*idx], fs_seed, stored_start + *idx as u64, *rc);
         }
-        let _ = xattr_order;
-        let _ = dir_stored;
 
         map.extend(small_map);
         map.extend(data_map);
@@ -682,12 +677,11 @@ impl Image {
             extents,
             sb: Vec::new(),
             gdt: Vec::new(),
-            merged_xattr_dummy: (),
             time,
             node_iblock,
         };
         img.build_tree_blocks();
-        img.build_gdt_and_sb(merged, opts, &hash_seed_bytes, &jiblock);
+        img.build_gdt_and_sb(opts, &hash_seed_bytes, &jiblock);
         Ok(img)
     }
 
@@ -699,12 +693,7 @@ impl Image {
                 continue;
             }
             let exts = &self.extents[r.ext_start as usize..(r.ext_start + r.ext_count) as usize];
-            let (_, bl) = extent_tree(
-                exts,
-                r.tree_first,
-                ino as u32,
-                inode_seed(self.fs_seed, ino as u32, 0),
-            );
+            let (_, bl) = extent_tree(exts, r.tree_first, inode_seed(self.fs_seed, ino as u32, 0));
             for (k, b) in bl.into_iter().enumerate() {
                 blocks.push((r.tree_first + k as u64, b));
             }
@@ -739,13 +728,7 @@ impl Image {
         b
     }
 
-    fn build_gdt_and_sb(
-        &mut self,
-        merged: &Merged,
-        opts: &Ext4Options,
-        hash_seed: &[u8; 16],
-        jiblock: &[u8; 60],
-    ) {
+    fn build_gdt_and_sb(&mut self, opts: &Ext4Options, hash_seed: &[u8; 16], jiblock: &[u8; 60]) {
         let mut gdt = vec![0u8; (self.gdt_blocks as usize) * BLOCK];
         let mut free_total = 0u64;
         let mut free_inodes_total = 0u64;
@@ -804,7 +787,6 @@ impl Image {
         // The newest mtime, capped at the end of the signed 32-bit epoch so a
         // file dated far ahead does not put the superblock in the future.
         let time = self.time.0.clamp(0, i32::MAX as i64) as u32;
-        let _ = merged;
         self.sb = superblock_block(&SuperInfo {
             inodes_count: (self.ipg as u64 * self.groups) as u32,
             blocks_count: self.blocks,
@@ -852,7 +834,7 @@ impl Image {
             self.node_iblock.get(&r.node).copied().unwrap_or([0; 60])
         } else {
             let exts = &self.extents[r.ext_start as usize..(r.ext_start + r.ext_count) as usize];
-            extent_tree(exts, r.tree_first, ino, inode_seed(self.fs_seed, ino, 0)).0
+            extent_tree(exts, r.tree_first, inode_seed(self.fs_seed, ino, 0)).0
         };
         let blocks = r.data_blocks + r.tree_blocks as u64 + (r.xattr_block != 0) as u64;
         let f = InodeFields {
@@ -874,7 +856,6 @@ impl Image {
     pub fn read_meta(&self, merged: &Merged, block: u64, buf: &mut [u8]) {
         debug_assert_eq!(buf.len(), BLOCK);
         buf.fill(0);
-        let _ = self.merged_xattr_dummy;
         if block == 0 {
             buf.copy_from_slice(&self.sb);
         } else if block < self.bb_start {
