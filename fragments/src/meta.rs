@@ -443,12 +443,14 @@ impl Metadata {
             ));
         }
         // Sizes in u64 so absurd counts cannot overflow.
-        let need = META_HEADER as u64
+        // The tables fit in u64 (counts are u32), the strings length may
+        // not: add it checked (found by the fuzzer).
+        let tables = META_HEADER as u64
             + n_inodes as u64 * INODE_SIZE as u64
             + n_dentries as u64 * DENTRY_SIZE as u64
             + n_extents as u64 * EXTENT_SIZE as u64
-            + n_xattrs as u64 * XATTR_SIZE as u64
-            + strings_len;
+            + n_xattrs as u64 * XATTR_SIZE as u64;
+        let need = tables.saturating_add(strings_len);
         if need != b.len() as u64 {
             return Err(fault(
                 8,
