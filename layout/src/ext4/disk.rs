@@ -111,7 +111,8 @@ pub fn superblock_block(s: &SuperInfo) -> Vec<u8> {
     put32(b, 0x20, BLOCKS_PER_GROUP as u32);
     put32(b, 0x24, BLOCKS_PER_GROUP as u32);
     put32(b, 0x28, s.inodes_per_group);
-    put32(b, 0x30, s.time); // s_wtime
+    // s_wtime stays 0 (never written): e2fsck compares it with its clock,
+    // and a fragment may carry files dated ahead of the reader's clock.
     put16(b, 0x36, 0xFFFF); // s_max_mnt_count: -1
     put16(b, 0x38, 0xEF53);
     put16(b, 0x3A, 1); // s_state: clean
