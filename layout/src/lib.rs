@@ -51,9 +51,16 @@ impl Layout {
     /// Loads the manifest, opens and checks every fragment (through `cache`,
     /// so a process opens each file once), merges and synthesizes.
     pub fn open(manifest: impl AsRef<std::path::Path>, cache: &FragmentCache) -> Result<Layout> {
+        let t = std::time::Instant::now();
         let manifest = Manifest::load(manifest)?;
         let fragments = cache.open_manifest(&manifest)?;
+        tracing::info!(ms = t.elapsed().as_millis() as u64, "fragments opened");
         let merged = merge(fragments)?;
+        tracing::info!(
+            ms = t.elapsed().as_millis() as u64,
+            nodes = merged.nodes.len(),
+            "merged"
+        );
         let fs = &manifest.filesystem;
         let image = ext4::Image::build(
             &merged,

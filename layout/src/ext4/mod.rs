@@ -201,6 +201,7 @@ impl Image {
             .max()
             .unwrap_or((0, 0));
 
+        let t0 = std::time::Instant::now();
         // Inode numbers.
         let has_lf = merged.entries_of(0).iter().any(|e| e.name == b"lost+found");
         let base: u32 = if has_lf { 10 } else { 11 };
@@ -258,9 +259,11 @@ impl Image {
             push_dir(&mut stored, LOST_FOUND_INO, ROOT_INO, &[]);
         }
 
+        tracing::debug!(ms = t0.elapsed().as_millis() as u64, "directories built");
         // Xattr blocks, shared between inodes with identical sets.
         let mut xattr_sets: HashMap<Vec<u8>, (usize, u32)> = HashMap::new(); // block bytes -> (stored idx, refcount)
-        let mut node_xattr: Vec<Option<usize>> = vec![None; nodes.len()];
+        const NO_XATTR: u32 = u32::MAX;
+        let mut node_xattr: Vec<u32> = vec![NO_XATTR; nodes.len()]; // stored index
         for (i, _) in nodes.iter().enumerate() {
             let attrs = merged.xattrs_of(i as u32);
             if attrs.is_empty() {
@@ -271,12 +274,12 @@ impl Image {
             })?;
             let e = xattr_sets.entry(blk).or_insert((usize::MAX, 0));
             e.1 += 1;
-            node_xattr[i] = Some(0);
+            node_xattr[i] = 0;
         }
         // Deterministic order of xattr blocks: by first user.
         let mut xattr_order: Vec<Vec<u8>> = Vec::new();
         for (i, _) in nodes.iter().enumerate() {
-            if node_xattr[i].is_none() {
+            if node_xattr[i] == NO_XATTR {
                 continue;
             }
             let blk = xattr_block(&merged.xattrs_of(i as u32)).expect("built above");
@@ -286,7 +289,7 @@ impl Image {
                 stored.push(blk.clone());
                 xattr_order.push(blk.clone());
             }
-            node_xattr[i] = Some(e.0);
+            node_xattr[i] = e.0 as u32;
         }
         let xattr_refcount: HashMap<usize, u32> =
             xattr_sets.values().map(|&(idx, rc)| (idx, rc)).collect();
@@ -362,8 +365,10 @@ impl Image {
                 .collect(),
         };
         let data_blocks: u64 = plan.regions.iter().map(|r| r.2).sum();
-        let mut seen: HashMap<(FragIdx, u32, u64), ()> = HashMap::new();
-        let mut dup_blocks = 0u64;
+        // Contents used by several inodes (deduplicated in the fragment):
+        // found by sorting every data extent once, so only the shared ones
+        // are tracked while placing (memory: 16 bytes per extent, briefly).
+        let mut all: Vec<(FragIdx, u32, u64, u64)> = Vec::new();
         for n in nodes.iter() {
             if n.kind != Kind::Regular {
                 continue;
@@ -371,15 +376,26 @@ impl Image {
             let (f, ino) = n.source.expect("files have a source");
             let frag = &merged.fragments[f as usize];
             for e in frag.metadata().extents_of(ino) {
-                if frag.region(e.region).map(|r| r.kind) == Some(RegionKind::Data)
-                    && seen.insert((f, e.region, e.region_offset), ()).is_some()
-                {
-                    dup_blocks += e.len.div_ceil(BLOCK as u64);
+                if frag.region(e.region).map(|r| r.kind) == Some(RegionKind::Data) {
+                    all.push((f, e.region, e.region_offset, e.len));
                 }
             }
         }
-        seen.clear();
+        all.sort_unstable();
+        let mut dup_blocks = 0u64;
+        let mut shared: HashMap<(FragIdx, u32, u64), bool> = HashMap::new(); // key -> first use placed
+        for w in all.windows(2) {
+            if (w[0].0, w[0].1, w[0].2) == (w[1].0, w[1].1, w[1].2) {
+                dup_blocks += w[1].3.div_ceil(BLOCK as u64);
+                shared.insert((w[0].0, w[0].1, w[0].2), false);
+            }
+        }
+        drop(all);
 
+        tracing::debug!(
+            ms = t0.elapsed().as_millis() as u64,
+            "xattrs, symlinks, counts"
+        );
         // Geometry, iterated until stable.
         let free_blocks = opts.free_bytes.div_ceil(BLOCK as u64);
         let tail = stored_meta_blocks + small_count + data_blocks + dup_blocks;
@@ -454,11 +470,11 @@ impl Image {
         ];
         let mut region_base: HashMap<(FragIdx, u32), u64> = HashMap::new();
         let mut at = data_start;
-        let mut data_map = Vec::new();
+        map.reserve_exact(small_count as usize + plan.regions.len() + 2);
         for &(f, r, n) in &plan.regions {
             region_base.insert((f, r), at);
             if n > 0 {
-                data_map.push(MapExtent {
+                map.push(MapExtent {
                     start: at,
                     len: n,
                     source: Source::Fragment {
@@ -474,13 +490,15 @@ impl Image {
         let mut small_at = small_start;
         let mut dup_at = dup_start;
         let mut tree_at = tree_start;
-        let mut dup_map = Vec::new();
-        let mut small_map = Vec::new();
         let mut node_iblock: HashMap<u32, [u8; 60]> = HashMap::new();
 
         for (i, n) in nodes.iter().enumerate() {
             let ino = ino_of(i as u32);
-            let xblock = node_xattr[i].map(|s| stored_start + s as u64).unwrap_or(0);
+            let xblock = if node_xattr[i] == NO_XATTR {
+                0
+            } else {
+                stored_start + node_xattr[i] as u64
+            };
             let mut rec = InodeRec {
                 node: i as u32,
                 mode: (n.kind.mode_bits() | n.perm as u32) as u16,
@@ -503,7 +521,7 @@ impl Image {
                         let region = frag.region(e.region).expect("checked at open");
                         let lblock = e.file_offset / BLOCK as u64;
                         if region.kind == RegionKind::Small {
-                            small_map.push(MapExtent {
+                            map.push(MapExtent {
                                 start: small_at,
                                 len: 1,
                                 source: Source::Small {
@@ -518,13 +536,15 @@ impl Image {
                             rec.data_blocks += 1;
                         } else {
                             let nb = e.len.div_ceil(BLOCK as u64);
-                            let first_use =
-                                seen.insert((f, e.region, e.region_offset), ()).is_none();
+                            let first_use = match shared.get_mut(&(f, e.region, e.region_offset)) {
+                                None => true,
+                                Some(placed) => !std::mem::replace(placed, true),
+                            };
                             let phys = if first_use {
                                 region_base[&(f, e.region)] + e.region_offset / BLOCK as u64
                             } else {
                                 let p = dup_at;
-                                dup_map.push(MapExtent {
+                                map.push(MapExtent {
                                     start: p,
                                     len: nb,
                                     source: Source::Fragment {
@@ -607,6 +627,7 @@ impl Image {
         debug_assert_eq!(small_at, data_start);
         debug_assert_eq!(dup_at, used_end);
 
+        tracing::debug!(ms = t0.elapsed().as_millis() as u64, "inodes placed");
         // lost+found and the journal.
         if !has_lf {
             let (first, count, _) = dir_blocks[&LOST_FOUND_INO];
@@ -648,9 +669,6 @@ impl Image {
             seal_xattr_block(&mut stored[*idx], fs_seed, stored_start + *idx as u64, *rc);
         }
 
-        map.extend(small_map);
-        map.extend(data_map);
-        map.extend(dup_map);
         if free_blocks > 0 {
             map.push(MapExtent {
                 start: used_end,
@@ -900,11 +918,14 @@ impl Image {
     }
 }
 
+/// Sorts the map and joins runs that continue each other, in place.
 fn merge_adjacent(map: &mut Vec<MapExtent>) {
-    map.sort_by_key(|m| m.start);
-    let mut out: Vec<MapExtent> = Vec::with_capacity(map.len());
-    for m in map.drain(..) {
-        if let Some(l) = out.last_mut() {
+    map.sort_unstable_by_key(|m| m.start);
+    let mut w = 0usize;
+    for r in 0..map.len() {
+        let m = map[r];
+        if w > 0 {
+            let l = &mut map[w - 1];
             let contiguous = match (l.source, m.source) {
                 (Source::Meta, Source::Meta) | (Source::Zero, Source::Zero) => true,
                 (
@@ -926,9 +947,11 @@ fn merge_adjacent(map: &mut Vec<MapExtent>) {
                 continue;
             }
         }
-        out.push(m);
+        map[w] = m;
+        w += 1;
     }
-    *map = out;
+    map.truncate(w);
+    map.shrink_to_fit();
 }
 
 fn node_path(merged: &Merged, node: u32) -> String {
