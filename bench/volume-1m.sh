@@ -82,5 +82,5 @@ mkdir -p "$work/union"
 for f in 0 1 2 3; do cp -al "$work/src/frag$f/." "$work/union/"; done
 sync
 size=$(du -sb --apparent-size "$work/union" | cut -f1)
-measure "mke2fs -t ext4 -d (union tree)" mke2fs -q -F -t ext4 -N $((files + 100000)) -d "$work/union" "$work/mke2fs.img" "$(( (size / 1024) * 3 + 2000000 ))k"
-measure "mkfs.erofs (union tree)" mkfs.erofs -q "$work/erofs.img" "$work/union"
+measure "mke2fs -t ext4 -d (union tree)" mke2fs -q -F -t ext4 -N $((files + 100000)) -d "$work/union" "$work/mke2fs.img" "$(( files * 6 + (size / 1024) * 2 + 1000000 ))k"
+measure "mkfs.erofs (union tree)" mkfs.erofs --quiet "$work/erofs.img" "$work/union"

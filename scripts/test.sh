@@ -12,6 +12,12 @@ cd "$(dirname "$0")/.."
 declare -A PKG=(
   [openssl]=openssl
   [diff]=diffutils
+  [cmp]=diffutils
+  [e2fsck]=e2fsprogs
+  [debugfs]=e2fsprogs
+  [dumpe2fs]=e2fsprogs
+  [mount]=mount
+  [losetup]=mount
 )
 missing=()
 for tool in "${!PKG[@]}"; do
@@ -25,6 +31,8 @@ fi
 for tool in "${!PKG[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || { echo "error: $tool is still missing after installing ${PKG[$tool]}" >&2; exit 2; }
 done
+# The ext4 tests loop-mount images: they need root.
+[ "$(id -u)" = 0 ] || { echo "error: the tests loop-mount images and must run as root" >&2; exit 2; }
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -395,6 +395,17 @@ fn directory_of_100k_entries_uses_htree() {
         )
         .unwrap();
     }
+    // Many hard links to one file, across directories.
+    fs::create_dir_all(tree.join("links")).unwrap();
+    fs::write(tree.join("links/target"), b"linked").unwrap();
+    for i in 0..2000 {
+        let dir = if i % 2 == 0 { "links" } else { "many" };
+        fs::hard_link(
+            tree.join("links/target"),
+            tree.join(dir).join(format!("hl-{i:05}")),
+        )
+        .unwrap();
+    }
     // A 255-byte name and a deep path.
     fs::write(tree.join("many").join("l".repeat(255)), b"long name").unwrap();
     let mut deep = tree.join("deep");
@@ -416,7 +427,13 @@ fn directory_of_100k_entries_uses_htree() {
         &text[..text.len().min(2000)]
     );
     let m = Mount::new(&img, &t.path().join("mnt"), true);
-    assert_eq!(fs::read_dir(m.0.join("many")).unwrap().count(), 100_001);
+    assert_eq!(fs::read_dir(m.0.join("many")).unwrap().count(), 101_001);
+    let md = fs::metadata(m.0.join("many/hl-01999")).unwrap();
+    assert_eq!(md.nlink(), 2001, "one inode for all the hard links");
+    assert_eq!(
+        md.ino(),
+        fs::metadata(m.0.join("links/target")).unwrap().ino()
+    );
     for i in [0usize, 1, 54_321, 99_999] {
         let name = format!("entry-{i:06}-{}", "n".repeat(i % 40));
         assert!(
