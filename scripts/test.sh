@@ -45,4 +45,11 @@ if [ "${FUZZ_SECONDS:-60}" != 0 ]; then
 fi
 
 echo "== cargo test"
-cargo test --workspace 2>&1
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --doc 2>&1 | tee "$log"
+cargo test --workspace --all-targets 2>&1 | tee -a "$log"
+# One closing line over every test binary (doc tests first, so the last
+# runner line is never an empty doc-test run).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "%d passed, %d failed\n", p, f; if (p == 0) exit 1 }' "$log"
