@@ -40,6 +40,7 @@ pub mod hash;
 pub mod keys;
 pub mod meta;
 pub mod read;
+mod scan;
 mod sink;
 
 pub use build::{build, BuildOptions, BuildReport, NoProgress, Progress};
