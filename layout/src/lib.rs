@@ -39,6 +39,18 @@ pub use error::{Error, Problem, Result};
 pub use manifest::{open_fragments, FragmentCache, FsOptions, Manifest};
 pub use merge::{merge, merge_report, Conflict, ConflictKind, MergeReport, Merged};
 
+/// Resident memory of this process in MiB (Linux), for phase logs.
+fn rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map_or(0, |pages| pages * 4096 >> 20)
+}
+
 /// A manifest turned into a volume: its fragments, the merged tree and the
 /// synthesized ext4 image (block map and on-demand metadata).
 pub struct Layout {
@@ -54,10 +66,15 @@ impl Layout {
         let t = std::time::Instant::now();
         let manifest = Manifest::load(manifest)?;
         let fragments = cache.open_manifest(&manifest)?;
-        tracing::info!(ms = t.elapsed().as_millis() as u64, "fragments opened");
+        tracing::info!(
+            ms = t.elapsed().as_millis() as u64,
+            rss_mib = rss_mib(),
+            "fragments opened"
+        );
         let merged = merge(fragments)?;
         tracing::info!(
             ms = t.elapsed().as_millis() as u64,
+            rss_mib = rss_mib(),
             nodes = merged.nodes.len(),
             "merged"
         );
@@ -70,6 +87,13 @@ impl Layout {
                 uuid: fs.uuid,
             },
         )?;
+        tracing::info!(
+            ms = t.elapsed().as_millis() as u64,
+            rss_mib = rss_mib(),
+            blocks = image.blocks,
+            map_extents = image.map.len(),
+            "ext4 synthesized"
+        );
         Ok(Layout {
             manifest,
             merged,
