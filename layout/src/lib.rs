@@ -48,7 +48,7 @@ fn rss_mib() -> u64 {
                 .nth(1)
                 .and_then(|v| v.parse::<u64>().ok())
         })
-        .map_or(0, |pages| pages * 4096 >> 20)
+        .map_or(0, |pages| (pages * 4096) >> 20)
 }
 
 /// A manifest turned into a volume: its fragments, the merged tree and the
