@@ -45,18 +45,16 @@ pub fn read_blocks(
                 let f = &merged.fragments[frag as usize];
                 f.read_region(region, (rb + block - m.start) * BLOCK as u64, out)?;
             }
-            Source::Small {
-                frag,
-                region,
-                offset,
-                len,
-            } => {
+            Source::Small { first } => {
                 out.fill(0);
-                merged.fragments[frag as usize].read_region(
-                    region,
-                    offset,
-                    &mut out[..len as usize],
-                )?;
+                for (k, b) in out.chunks_mut(BLOCK).enumerate() {
+                    let s = img.small[first as usize + (block - m.start) as usize + k];
+                    merged.fragments[s.frag as usize].read_region(
+                        s.region as u32,
+                        s.offset,
+                        &mut b[..s.len as usize],
+                    )?;
+                }
             }
         }
         off += n;
@@ -150,15 +148,20 @@ pub fn write_image(
             let at = out.len();
             out.resize(at + n as usize * BLOCK, 0);
             match m.source {
-                Source::Small {
-                    frag,
-                    region,
-                    offset,
-                    len,
-                } => {
-                    let bytes =
-                        SmallWindow::get(&mut window, merged, frag, region, offset, len as u64)?;
-                    out[at..at + bytes.len()].copy_from_slice(bytes);
+                Source::Small { first } => {
+                    for k in 0..n as usize {
+                        let s = img.small[first as usize + (b - m.start) as usize + k];
+                        let bytes = SmallWindow::get(
+                            &mut window,
+                            merged,
+                            s.frag,
+                            s.region as u32,
+                            s.offset,
+                            s.len as u64,
+                        )?;
+                        let o = at + k * BLOCK;
+                        out[o..o + bytes.len()].copy_from_slice(bytes);
+                    }
                 }
                 _ => read_blocks(merged, img, b, &mut out[at..])?,
             }

@@ -54,13 +54,19 @@ pub enum Source {
         region: u32,
         block: u64,
     },
-    /// One block: `len` bytes at `offset` of a small-data region, then zeros.
-    Small {
-        frag: FragIdx,
-        region: u32,
-        offset: u64,
-        len: u32,
-    },
+    /// Small files, one block each: block `k` of the run holds
+    /// `Image::small[first + k]`, padded with zeros.
+    Small { first: u32 },
+}
+
+/// Where one small file's block comes from: `len` bytes at `offset` of a
+/// small-data region (16 bytes each: a million small files cost 16 MiB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SmallBlock {
+    pub offset: u64,
+    pub len: u32,
+    pub frag: FragIdx,
+    pub region: u16,
 }
 
 /// A run of volume blocks with one source.
@@ -108,6 +114,8 @@ pub struct Image {
     pub identity: [u8; 32],
     pub uuid: [u8; 16],
     pub map: Vec<MapExtent>,
+    /// The small files of `Source::Small` runs, in block order.
+    pub small: Vec<SmallBlock>,
     fs_seed: u32,
     groups: u64,
     ipg: u32,
@@ -471,7 +479,8 @@ impl Image {
         ];
         let mut region_base: HashMap<(FragIdx, u32), u64> = HashMap::new();
         let mut at = data_start;
-        map.reserve_exact(small_count as usize + plan.regions.len() + 2);
+        map.reserve_exact(plan.regions.len() + 3);
+        let mut small: Vec<SmallBlock> = Vec::with_capacity(small_count as usize);
         for &(f, r, n) in &plan.regions {
             region_base.insert((f, r), at);
             if n > 0 {
@@ -522,15 +531,11 @@ impl Image {
                         let region = frag.region(e.region).expect("checked at open");
                         let lblock = e.file_offset / BLOCK as u64;
                         if region.kind == RegionKind::Small {
-                            map.push(MapExtent {
-                                start: small_at,
-                                len: 1,
-                                source: Source::Small {
-                                    frag: f,
-                                    region: e.region,
-                                    offset: e.region_offset,
-                                    len: e.len as u32,
-                                },
+                            small.push(SmallBlock {
+                                offset: e.region_offset,
+                                len: e.len as u32,
+                                frag: f,
+                                region: e.region as u16,
                             });
                             split_extents(lblock, small_at, 1, &mut extents);
                             small_at += 1;
@@ -626,6 +631,13 @@ impl Image {
         }
         debug_assert_eq!(tree_at, small_start);
         debug_assert_eq!(small_at, data_start);
+        if !small.is_empty() {
+            map.push(MapExtent {
+                start: small_start,
+                len: small.len() as u64,
+                source: Source::Small { first: 0 },
+            });
+        }
         debug_assert_eq!(dup_at, used_end);
 
         tracing::debug!(ms = t0.elapsed().as_millis() as u64, "inodes placed");
@@ -685,6 +697,7 @@ impl Image {
             identity,
             uuid,
             map,
+            small,
             fs_seed,
             groups,
             ipg,
