@@ -32,6 +32,10 @@ use std::collections::HashMap;
 /// FORMAT BREAK: part of the volume identity.
 pub const GENERATOR_VERSION: u32 = 1;
 
+/// The most entries one directory may have: 507 * 510 htree leaves of at
+/// least 15 entries each (255-byte names), without ext4's large_dir.
+pub const DIR_MAX_ENTRIES: usize = 3_800_000;
+
 /// Filesystem options from the manifest.
 #[derive(Debug, Clone)]
 pub struct Ext4Options {
@@ -87,6 +91,10 @@ pub enum Ext4Error {
     TooManyExtents { path: String, n: usize },
     #[error("the volume needs {0} inodes, more than ext4 allows")]
     TooManyInodes(u64),
+    #[error(
+        "{path}: {n} entries in one directory; a two-level htree holds at most {DIR_MAX_ENTRIES}"
+    )]
+    DirectoryTooLarge { path: String, n: usize },
 }
 
 /// What the inode table needs for one inode.
@@ -261,6 +269,12 @@ impl Image {
                         ftype: 2,
                     },
                 );
+            }
+            if list.len() > DIR_MAX_ENTRIES {
+                return Err(Ext4Error::DirectoryTooLarge {
+                    path: node_path(merged, i as u32),
+                    n: list.len(),
+                });
             }
             push_dir(&mut stored, ino_of(i as u32), ino_of(n.parent), &list);
         }
