@@ -540,6 +540,17 @@ impl Metadata {
                     }
                 }
                 RegionKind::Small => {
+                    // A small file fits in one block (the builder's
+                    // threshold is at most 4096): readers rely on it.
+                    if e.len >= BLOCK_SIZE {
+                        return Err(fault(
+                            o + 24,
+                            format!(
+                                "extent {i}: small-data extent of {} bytes (at most 4095)",
+                                e.len
+                            ),
+                        ));
+                    }
                     if e.file_offset != 0 {
                         return Err(fault(
                             o,

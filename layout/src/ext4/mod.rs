@@ -95,6 +95,8 @@ pub enum Ext4Error {
         "{path}: {n} entries in one directory; a two-level htree holds at most {DIR_MAX_ENTRIES}"
     )]
     DirectoryTooLarge { path: String, n: usize },
+    #[error("{path}: {n} hard links; ext4 allows at most 65000")]
+    TooManyLinks { path: String, n: u32 },
 }
 
 /// What the inode table needs for one inode.
@@ -518,6 +520,12 @@ impl Image {
 
         for (i, n) in nodes.iter().enumerate() {
             let ino = ino_of(i as u32);
+            if n.kind != Kind::Directory && n.nlink > 65000 {
+                return Err(Ext4Error::TooManyLinks {
+                    path: node_path(merged, i as u32),
+                    n: n.nlink,
+                });
+            }
             let xblock = if node_xattr[i] == NO_XATTR {
                 0
             } else {
