@@ -1,6 +1,6 @@
-//! `mosaic demo`: the README's main command. For now it builds a demo
-//! fragment set from a generated tree, verifies and inspects it; the serve
-//! issue turns it into serving the merged volume.
+//! `mosaic demo`: the README's main command. It builds a demo fragment set
+//! from generated trees, verifies it, merges it into an ext4 volume and
+//! writes the image; the serve issue turns it into serving that volume.
 
 use anyhow::{Context, Result};
 use fragments::{keys, BuildOptions, Fragment, Trust};
@@ -150,6 +150,33 @@ pub fn run(dir: &Path) -> Result<ExitCode> {
             r.fragment_bytes
         );
     }
-    println!("\nlook inside:\n  mosaic fragment inspect {0}/base.frag\n  mosaic fragment ls {0}/app.frag /usr/bin\n  mosaic fragment cat {0}/base.frag /etc/motd\n  mosaic fragment verify {0}/app.frag --trust {0}/lab.key.pub", dir.display());
+    // The volume: both fragments merged into one ext4 image.
+    let manifest = dir.join("volume.toml");
+    if !manifest.exists() {
+        fs::write(
+            &manifest,
+            "name = \"root\"\nfragments = [\"base.frag\", \"app.frag\"]\ntrust = [\"lab.key.pub\"]\n\n[filesystem]\nlabel = \"mosaic-demo\"\nfree = \"64MiB\"\n",
+        )
+        .with_context(|| format!("write {}", manifest.display()))?;
+    }
+    let cache = layout::FragmentCache::new();
+    let lay = layout::Layout::open(&manifest, &cache)?;
+    let image = dir.join("volume.img");
+    let out = fs::File::create(&image).with_context(|| format!("create {}", image.display()))?;
+    layout::ext4::export::write_image(&lay.merged, &lay.image, &out, &|_| {})
+        .map_err(|e| anyhow::anyhow!("{}: {e}", image.display()))?;
+    println!(
+        "{}: {} entries from {} fragments merged into a {} MiB ext4 volume, written to {} (identity {})",
+        manifest.display(),
+        lay.merged.entries.len(),
+        lay.merged.fragments.len(),
+        lay.image.blocks * 4096 >> 20,
+        image.display(),
+        lay.image.identity[..8].iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    println!(
+        "\nlook inside:\n  mosaic fragment inspect {0}/base.frag\n  mosaic fragment ls {0}/app.frag /usr/bin\n  mosaic fragment cat {0}/base.frag /etc/motd\n  mosaic fragment verify {0}/app.frag --trust {0}/lab.key.pub\n  mosaic volume check {0}/volume.toml\n  e2fsck -fn {0}/volume.img && sudo mount -o loop,ro {0}/volume.img /mnt",
+        dir.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
