@@ -170,7 +170,7 @@ pub fn run(dir: &Path) -> Result<ExitCode> {
         manifest.display(),
         lay.merged.entries.len(),
         lay.merged.fragments.len(),
-        lay.image.blocks * 4096 >> 20,
+        (lay.image.blocks * 4096) >> 20,
         image.display(),
         lay.image.identity[..8].iter().map(|b| format!("{b:02x}")).collect::<String>()
     );
