@@ -77,6 +77,8 @@ pub fn inode_seed(fs_seed: u32, ino: u32, gen: u32) -> u32 {
 
 /// (nsec << 2) | epoch bits, and the low 32 bits of the seconds.
 pub fn encode_time(sec: i64, nsec: u32) -> (u32, u32) {
+    // ext4's range: -2^31 .. 2^34 + 2^31 - 1 seconds; clamp instead of wrapping.
+    let sec = sec.clamp(-0x8000_0000, 0x3_7FFF_FFFF);
     let low = sec as i32;
     let epoch = ((sec - low as i64) >> 32) as u32 & 3;
     (low as u32, (nsec << 2) | epoch)

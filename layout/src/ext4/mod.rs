@@ -32,9 +32,13 @@ use std::collections::HashMap;
 /// FORMAT BREAK: part of the volume identity.
 pub const GENERATOR_VERSION: u32 = 1;
 
-/// The most entries one directory may have: 507 * 510 htree leaves of at
-/// least 15 entries each (255-byte names), without ext4's large_dir.
-pub const DIR_MAX_ENTRIES: usize = 3_800_000;
+/// The most entries one directory may have: at least 15 entries fit a leaf
+/// (255-byte names), and a directory must stay within 4 extents of 32768
+/// blocks (the generator writes no extent tree for directories).
+pub const DIR_MAX_ENTRIES: usize = 1_900_000;
+/// Largest free space a manifest may ask for (keeps groups and inode
+/// counts within ext4's 32-bit fields).
+pub const MAX_FREE_BYTES: u64 = 1 << 44;
 
 /// Filesystem options from the manifest.
 #[derive(Debug, Clone)]
@@ -97,6 +101,10 @@ pub enum Ext4Error {
     DirectoryTooLarge { path: String, n: usize },
     #[error("{path}: {n} hard links; ext4 allows at most 65000")]
     TooManyLinks { path: String, n: u32 },
+    #[error("free space of {0} bytes: at most {MAX_FREE_BYTES} (16 TiB)")]
+    FreeTooLarge(u64),
+    #[error("{path}: {size} bytes; ext4 files with 4 KiB blocks end below 16 TiB")]
+    FileTooLarge { path: String, size: u64 },
 }
 
 /// What the inode table needs for one inode.
@@ -422,6 +430,9 @@ impl Image {
             "xattrs, symlinks, counts"
         );
         // Geometry, iterated until stable.
+        if opts.free_bytes > MAX_FREE_BYTES {
+            return Err(Ext4Error::FreeTooLarge(opts.free_bytes));
+        }
         let free_blocks = opts.free_bytes.div_ceil(BLOCK as u64);
         let tail = stored_meta_blocks + small_count + data_blocks + dup_blocks;
         let want_inodes = last_ino as u64 + (opts.free_bytes / 16384).max(64);
@@ -547,6 +558,12 @@ impl Image {
                     let (f, fino) = n.source.expect("files have a source");
                     let frag = &merged.fragments[f as usize];
                     rec.size = frag.metadata().inode(fino).size();
+                    if rec.size > (u32::MAX as u64) * BLOCK as u64 {
+                        return Err(Ext4Error::FileTooLarge {
+                            path: node_path(merged, i as u32),
+                            size: rec.size,
+                        });
+                    }
                     rec.flags = EXT4_EXTENTS_FL;
                     rec.ext_start = extents.len() as u32;
                     for e in frag.metadata().extents_of(fino) {
@@ -647,7 +664,9 @@ impl Image {
                 Kind::Fifo | Kind::Socket => rec.special = true,
             }
             if !has_lf && i == 0 {
-                rec.links += 1; // lost+found
+                // lost+found, then ext4's clamp of directory links to 1.
+                let nl = n.nlink + 1;
+                rec.links = if nl > 65000 { 1 } else { nl as u16 };
             }
             inodes[ino as usize] = rec;
         }
