@@ -279,6 +279,15 @@ impl Fragment {
     pub fn region(&self, region: u32) -> Option<&RegionEntry> {
         self.header.regions.get(region as usize)
     }
+    /// For a zstd-compressed region, the logical size of its independently
+    /// decodable chunks (`read_region` of one whole chunk decodes one frame);
+    /// `None` for a raw region.
+    pub fn chunk_size(&self, region: u32) -> Option<u64> {
+        self.chunk_index
+            .get(region as usize)?
+            .as_ref()
+            .map(|i| i.chunk_size)
+    }
     fn region_cvs(&self, region: u32) -> &[Cv] {
         let r = &self.header.regions[region as usize];
         &self.cvs[r.hash_index as usize..(r.hash_index + r.blocks()) as usize]
