@@ -477,23 +477,21 @@ fn half_md4(buf: &mut [u32; 4], x: &[u32; 8]) {
 
 /// Extended attribute name prefixes and their index numbers.
 pub fn xattr_index(name: &[u8]) -> (u8, &[u8]) {
-    const PREFIXES: [(&[u8], u8); 5] = [
+    const PREFIXES: [(&[u8], u8); 4] = [
         (b"user.", 1),
         (b"trusted.", 4),
         (b"security.", 6),
-        (b"system.richacl", 8),
         (b"system.", 7),
     ];
-    if name == b"system.posix_acl_access" {
-        return (2, b"");
-    }
-    if name == b"system.posix_acl_default" {
-        return (3, b"");
+    match name {
+        b"system.posix_acl_access" => return (2, b""),
+        b"system.posix_acl_default" => return (3, b""),
+        b"system.richacl" => return (8, b""),
+        _ => {}
     }
     for (p, i) in PREFIXES {
-        if name.starts_with(p) {
-            let rest = &name[p.len()..];
-            return if i == 8 { (8, b"") } else { (i, rest) };
+        if let Some(rest) = name.strip_prefix(p) {
+            return (i, rest);
         }
     }
     (0, name)
@@ -542,6 +540,11 @@ pub fn xattr_block(attrs: &[(&[u8], &[u8])]) -> Option<Vec<u8>> {
     let mut ents: Vec<(u8, &[u8], Vec<u8>)> = Vec::new();
     for (n, v) in attrs {
         let (idx, suffix) = xattr_index(n);
+        // A name that is only a prefix ("user.") or too long for the
+        // one-byte length has no ext4 encoding.
+        if (suffix.is_empty() && !matches!(idx, 2 | 3 | 8)) || suffix.len() > 255 {
+            return None;
+        }
         let value = if idx == 2 || idx == 3 {
             acl_to_disk(v)?
         } else {
@@ -589,6 +592,22 @@ pub fn seal_xattr_block(b: &mut [u8], fs_seed: u32, blocknr: u64, refcount: u32)
     put32(b, 16, 0);
     let c = crc(crc(fs_seed, &blocknr.to_le_bytes()), b);
     put32(b, 16, c);
+}
+
+#[cfg(test)]
+mod xattr_name_tests {
+    use super::*;
+
+    #[test]
+    fn names_map_to_index_and_suffix() {
+        assert_eq!(xattr_index(b"user.mime"), (1, &b"mime"[..]));
+        assert_eq!(xattr_index(b"system.richacl"), (8, &b""[..]));
+        assert_eq!(xattr_index(b"system.richaclx"), (7, &b"richaclx"[..]));
+        assert_eq!(xattr_index(b"system.posix_acl_access"), (2, &b""[..]));
+        assert_eq!(xattr_index(b"other.x"), (0, &b"other.x"[..]));
+        assert!(xattr_block(&[(b"user.", b"v")]).is_none());
+        assert!(xattr_block(&[(b"user.a", b"v")]).is_some());
+    }
 }
 
 #[cfg(test)]

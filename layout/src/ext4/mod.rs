@@ -88,9 +88,17 @@ pub struct MapExtent {
 #[derive(Debug, thiserror::Error)]
 pub enum Ext4Error {
     #[error(
-        "{path}: extended attributes do not fit in one 4 KiB block (or a POSIX ACL is malformed)"
+        "{path}: extended attributes do not fit in one 4 KiB block (or a POSIX ACL or an attribute name is malformed)"
     )]
     XattrTooBig { path: String },
+    #[error(
+        "{path}: device number {major}:{minor} does not fit ext4's (12-bit major, 20-bit minor)"
+    )]
+    DeviceNumber {
+        path: String,
+        major: u32,
+        minor: u32,
+    },
     #[error("{path}: too many extents ({n})")]
     TooManyExtents { path: String, n: usize },
     #[error("the volume needs {0} inodes, more than ext4 allows")]
@@ -648,6 +656,13 @@ impl Image {
                     if let Body::Device { major, minor } =
                         merged.fragments[f as usize].metadata().inode(fino).body
                     {
+                        if major >= 1 << 12 || minor >= 1 << 20 {
+                            return Err(Ext4Error::DeviceNumber {
+                                path: node_path(merged, i as u32),
+                                major,
+                                minor,
+                            });
+                        }
                         if major < 256 && minor < 256 {
                             put32(&mut ib, 0, (major << 8) | minor);
                         } else {
