@@ -18,11 +18,19 @@ declare -A PKG=(
   [dumpe2fs]=e2fsprogs
   [mount]=mount
   [losetup]=mount
+  [qemu-img]=qemu-utils
+  [qemu-io]=qemu-utils
+  [nbdinfo]=libnbd-bin
+  [nbdcopy]=libnbd-bin
+  [nbdkit]=nbdkit
+  [fio]=fio
 )
 missing=()
 for tool in "${!PKG[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("${PKG[$tool]}")
 done
+# libnbd's Python module (the multi-connection tests drive it), in Debian's python.
+/usr/bin/python3 -c 'import nbd' >/dev/null 2>&1 || missing+=(python3-libnbd)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   apt-get update -qq
@@ -31,6 +39,7 @@ fi
 for tool in "${!PKG[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || { echo "error: $tool is still missing after installing ${PKG[$tool]}" >&2; exit 2; }
 done
+/usr/bin/python3 -c 'import nbd' >/dev/null 2>&1 || { echo "error: python3-libnbd is still missing (import nbd in /usr/bin/python3)" >&2; exit 2; }
 # The ext4 tests loop-mount images: they need root.
 [ "$(id -u)" = 0 ] || { echo "error: the tests loop-mount images and must run as root" >&2; exit 2; }
 

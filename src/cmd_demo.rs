@@ -1,6 +1,7 @@
 //! `mosaic demo`: the README's main command. It builds a demo fragment set
-//! from generated trees, verifies it, merges it into an ext4 volume and
-//! writes the image; the serve issue turns it into serving that volume.
+//! from generated trees, verifies it, merges it into an ext4 volume (with
+//! an overlay for writes), writes the base image for comparison, and
+//! serves the volume on `DIR/nbd.sock` and TCP 127.0.0.1:10809.
 
 use anyhow::{Context, Result};
 use fragments::{keys, BuildOptions, Fragment, Trust};
@@ -105,7 +106,7 @@ fn pin_times(root: &Path, sec: i64) -> Result<()> {
     Ok(())
 }
 
-pub fn run(dir: &Path) -> Result<ExitCode> {
+pub fn run(dir: &Path, serve: bool, listen: std::net::SocketAddr) -> Result<ExitCode> {
     fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let key_path = dir.join("lab.key");
     if !key_path.exists() {
@@ -155,7 +156,7 @@ pub fn run(dir: &Path) -> Result<ExitCode> {
     if !manifest.exists() {
         fs::write(
             &manifest,
-            "name = \"root\"\nfragments = [\"base.frag\", \"app.frag\"]\ntrust = [\"lab.key.pub\"]\n\n[filesystem]\nlabel = \"mosaic-demo\"\nfree = \"64MiB\"\n",
+            "name = \"root\"\nfragments = [\"base.frag\", \"app.frag\"]\ntrust = [\"lab.key.pub\"]\n\n[filesystem]\nlabel = \"mosaic-demo\"\nfree = \"64MiB\"\n\n[overlay]\npath = \"root.overlay\"\n",
         )
         .with_context(|| format!("write {}", manifest.display()))?;
     }
@@ -175,8 +176,27 @@ pub fn run(dir: &Path) -> Result<ExitCode> {
         lay.image.identity[..8].iter().map(|b| format!("{b:02x}")).collect::<String>()
     );
     println!(
-        "\nlook inside:\n  mosaic fragment inspect {0}/base.frag\n  mosaic fragment ls {0}/app.frag /usr/bin\n  mosaic fragment cat {0}/base.frag /etc/motd\n  mosaic fragment verify {0}/app.frag --trust {0}/lab.key.pub\n  mosaic volume check {0}/volume.toml\n  e2fsck -fn {0}/volume.img && sudo mount -o loop,ro {0}/volume.img /mnt",
+        "\nlook inside:\n  mosaic fragment inspect {0}/base.frag\n  mosaic fragment ls {0}/app.frag /usr/bin\n  mosaic fragment cat {0}/base.frag /etc/motd\n  mosaic volume check {0}/volume.toml\n  e2fsck -fn {0}/volume.img",
         dir.display()
     );
+    if !serve {
+        return Ok(ExitCode::SUCCESS);
+    }
+    drop(lay);
+    let shared = volume::Shared::new(64 << 20);
+    let volumes = crate::cmd_serve::open_volumes(std::slice::from_ref(&manifest), &shared, false)?;
+    let abs = fs::canonicalize(dir).with_context(|| format!("resolve {}", dir.display()))?;
+    let sock = abs.join("nbd.sock");
+    let listeners = vec![
+        nbd_server::Listen::Unix(sock.clone()),
+        nbd_server::Listen::Tcp(listen),
+    ];
+    crate::cmd_serve::serve(volumes, listeners, 128, |_| {
+        let s = sock.display();
+        println!(
+            "\nserving export \"root\" (writes go to {0}/root.overlay); attach with:\n  nbdinfo 'nbd+unix:///root?socket={s}'\n  nbdinfo --map nbd://{listen}/root\n  qemu-img compare -f raw {0}/volume.img 'nbd+unix:///root?socket={s}'\n  qemu-io -f raw -c 'read -v 1024 64' 'nbd+unix:///root?socket={s}'\n  qemu-system-x86_64 -drive file=nbd+unix:///root?socket={s},format=raw,if=virtio ...\nCtrl-C stops the server (overlay writes are flushed first).",
+            abs.display()
+        );
+    })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -34,6 +34,10 @@ pub enum VolumeCmd {
         /// Print a machine-readable summary
         #[arg(long)]
         json: bool,
+        /// Include the overlay's writes: the image a client sees now
+        /// (refused while a server holds the overlay)
+        #[arg(long)]
+        with_overlay: bool,
     },
 }
 
@@ -44,14 +48,30 @@ pub fn run(cmd: VolumeCmd) -> Result<ExitCode> {
             manifest,
             output,
             json,
-        } => export(&manifest, &output, json),
+            with_overlay,
+        } => export(&manifest, &output, json, with_overlay),
     }
 }
 
-fn export(manifest: &Path, output: &Path, json: bool) -> Result<ExitCode> {
+fn export(manifest: &Path, output: &Path, json: bool, with_overlay: bool) -> Result<ExitCode> {
     let t = std::time::Instant::now();
-    let cache = layout::FragmentCache::new();
-    let lay = layout::Layout::open(manifest, &cache)?;
+    let shared = volume::Shared::new(0);
+    let vol = volume::Volume::open(
+        manifest,
+        &shared,
+        volume::OpenOptions {
+            overlay: with_overlay,
+            discard_overlay: false,
+        },
+    )?;
+    if with_overlay && vol.overlay().is_none() {
+        return Err(crate::util::InvalidInput(format!(
+            "{}: --with-overlay, but the manifest has no [overlay] table",
+            manifest.display()
+        ))
+        .into());
+    }
+    let lay = vol.layout();
     let map_secs = t.elapsed().as_secs_f64();
     let img = &lay.image;
     let bytes = img.blocks * fragments::BLOCK_SIZE;
@@ -65,16 +85,21 @@ fn export(manifest: &Path, output: &Path, json: bool) -> Result<ExitCode> {
         .with_context(|| format!("create a temporary file in {}", dir.display()))?;
     let bar = crate::util::Bar::new();
     fragments::Progress::phase(&bar, "exporting", bytes);
-    let r = layout::ext4::export::write_image(&lay.merged, img, tmp.as_file(), &|n| {
-        fragments::Progress::advance(&bar, n)
-    });
-    bar.finish();
-    r.map_err(|e| match e {
-        layout::ext4::export::ExportError::Fragment(f) => anyhow::Error::new(f),
-        layout::ext4::export::ExportError::Io(io) => {
-            anyhow::Error::new(io).context(format!("write {}", output.display()))
-        }
-    })?;
+    let progress = |n| fragments::Progress::advance(&bar, n);
+    if with_overlay {
+        let r = vol.export(tmp.as_file(), &progress);
+        bar.finish();
+        r.with_context(|| format!("write {}", output.display()))?;
+    } else {
+        let r = layout::ext4::export::write_image(&lay.merged, img, tmp.as_file(), &progress);
+        bar.finish();
+        r.map_err(|e| match e {
+            layout::ext4::export::ExportError::Fragment(f) => anyhow::Error::new(f),
+            layout::ext4::export::ExportError::Io(io) => {
+                anyhow::Error::new(io).context(format!("write {}", output.display()))
+            }
+        })?;
+    }
     tmp.as_file()
         .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .with_context(|| format!("chmod {}", output.display()))?;

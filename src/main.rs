@@ -5,6 +5,7 @@
 
 mod cmd_demo;
 mod cmd_fragment;
+mod cmd_serve;
 mod cmd_volume;
 mod util;
 
@@ -40,11 +41,23 @@ enum Command {
     /// Check volume manifests (volume.toml)
     #[command(subcommand)]
     Volume(cmd_volume::VolumeCmd),
-    /// Build a demo fragment set from a generated tree, verify and inspect it
+    /// Serve volumes over NBD (verified reads, writes to each overlay)
+    Serve(cmd_serve::ServeArgs),
+    /// Inspect or reset a volume's overlay
+    #[command(subcommand)]
+    Overlay(cmd_serve::OverlayCmd),
+    /// Build demo fragments, merge them into a volume and serve it on
+    /// DIR/nbd.sock and 127.0.0.1:10809
     Demo {
         /// Working directory (reused on a re-run)
         #[arg(long, default_value = "mosaic-demo")]
         dir: PathBuf,
+        /// Prepare everything, but do not serve
+        #[arg(long)]
+        no_serve: bool,
+        /// TCP address to serve on besides DIR/nbd.sock
+        #[arg(long, default_value = cmd_serve::DEFAULT_LISTEN)]
+        listen: std::net::SocketAddr,
     },
 }
 
@@ -58,7 +71,13 @@ fn main() -> ExitCode {
         Command::Keygen { output, force } => cmd_fragment::keygen(&output, force),
         Command::Fragment(c) => cmd_fragment::run(c),
         Command::Volume(c) => cmd_volume::run(c),
-        Command::Demo { dir } => cmd_demo::run(&dir),
+        Command::Serve(a) => cmd_serve::run_serve(a),
+        Command::Overlay(c) => cmd_serve::run_overlay(c),
+        Command::Demo {
+            dir,
+            no_serve,
+            listen,
+        } => cmd_demo::run(&dir, !no_serve, listen),
     };
     match result {
         Ok(code) => code,

@@ -13,6 +13,9 @@ pub fn exit_code_for(e: &anyhow::Error) -> ExitCode {
         if let Some(le) = cause.downcast_ref::<layout::Error>() {
             return ExitCode::from(if le.is_invalid_input() { 1 } else { 2 });
         }
+        if let Some(ve) = cause.downcast_ref::<volume::Error>() {
+            return ExitCode::from(if ve.is_invalid_input() { 1 } else { 2 });
+        }
         if cause.downcast_ref::<InvalidInput>().is_some() {
             return ExitCode::from(1);
         }

@@ -444,7 +444,7 @@ fn source_date_epoch_sets_build_time_and_changes_bytes() {
 }
 
 fn run_demo(dir: &Path) -> std::process::Output {
-    let o = mosaic(args!["demo", "--dir", dir]);
+    let o = mosaic(args!["demo", "--no-serve", "--dir", dir]);
     expect_code(&o, 0, "demo");
     assert!(stdout(&o).contains("verified"), "{}", stdout(&o));
     o

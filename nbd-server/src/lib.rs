@@ -51,12 +51,14 @@ pub mod error;
 pub mod export;
 pub mod memory;
 pub mod proto;
+mod volume_export;
 
 mod connection;
 mod execute;
 mod framing;
 mod handshake;
 mod listener;
+mod pool;
 mod request;
 mod server;
 mod transmission;
