@@ -83,7 +83,8 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     if a.listeners.is_empty() {
-        a.listeners.push(Listen::Unix(PathBuf::from("memserve.sock")));
+        a.listeners
+            .push(Listen::Unix(PathBuf::from("memserve.sock")));
     }
     Ok(a)
 }

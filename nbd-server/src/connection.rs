@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use crate::execute::ReplyMode;
 use crate::framing::FramedReader;
 use crate::handshake::{negotiate, Exports};
+use crate::pool::BufPool;
 use crate::request::Limits;
 use crate::transmission::{self, End, Session};
 
@@ -86,6 +87,7 @@ where
         mode: ReplyMode {
             structured: neg.structured,
         },
+        pool: BufPool::new(),
     });
     tracing::info!(
         conn = id,

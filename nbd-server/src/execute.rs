@@ -7,6 +7,7 @@
 use bytes::BufMut;
 
 use crate::export::{Errno, Export, ExportError, Extent};
+use crate::pool::BufPool;
 use crate::proto::*;
 use crate::request::Command;
 
@@ -16,6 +17,26 @@ pub(crate) struct ReplyMode {
     pub structured: bool,
 }
 
+/// An encoded reply: the first `len` bytes of `buf` (a pooled buffer may
+/// be longer than its reply).
+pub(crate) struct Out {
+    pub buf: Vec<u8>,
+    pub len: usize,
+}
+
+impl Out {
+    fn whole(buf: Vec<u8>) -> Out {
+        Out {
+            len: buf.len(),
+            buf,
+        }
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
 /// Runs `cmd` and returns the reply. `Err` carries the reply too (the
 /// error reply), plus the error for the log.
 pub(crate) fn execute(
@@ -23,9 +44,10 @@ pub(crate) fn execute(
     handle: u64,
     cmd: Command,
     mode: ReplyMode,
-) -> Result<Vec<u8>, (Vec<u8>, ExportError)> {
+    pool: &BufPool,
+) -> Result<Out, (Out, ExportError)> {
     match cmd {
-        Command::Read { offset, len, df } => read(export, handle, offset, len, df, mode),
+        Command::Read { offset, len, df } => read(export, handle, offset, len, df, mode, pool),
         Command::Write { offset, data, fua } => {
             let r = if data.is_empty() {
                 Ok(())
@@ -70,11 +92,11 @@ pub(crate) fn execute(
             len,
             req_one,
         } => match block_status(export, handle, offset, len, req_one) {
-            Ok(reply) => Ok(reply),
-            Err(e) => Err((
-                error_reply(handle, mode, &e, Some((offset, u64::from(len)))),
-                e,
-            )),
+            Ok(reply) => Ok(Out::whole(reply)),
+            Err(e) => {
+                let reply = error_reply(handle, mode, &e, Some((offset, u64::from(len))));
+                Err((Out::whole(reply), e))
+            }
         },
     }
 }
@@ -85,10 +107,10 @@ fn status(
     mode: ReplyMode,
     r: Result<(), ExportError>,
     range: Option<(u64, u64)>,
-) -> Result<Vec<u8>, (Vec<u8>, ExportError)> {
+) -> Result<Out, (Out, ExportError)> {
     match r {
-        Ok(()) => Ok(ok_reply(handle)),
-        Err(e) => Err((error_reply(handle, mode, &e, range), e)),
+        Ok(()) => Ok(Out::whole(ok_reply(handle))),
+        Err(e) => Err((Out::whole(error_reply(handle, mode, &e, range)), e)),
     }
 }
 
@@ -240,28 +262,25 @@ fn read(
     len: u32,
     df: bool,
     mode: ReplyMode,
-) -> Result<Vec<u8>, (Vec<u8>, ExportError)> {
+    pool: &BufPool,
+) -> Result<Out, (Out, ExportError)> {
     let range = Some((offset, u64::from(len)));
     let n = len as usize;
     if !mode.structured {
-        let mut out = Vec::with_capacity(SIMPLE_REPLY_HEADER_LEN + n);
-        put_simple_reply(&mut out, 0, handle);
-        out.resize(SIMPLE_REPLY_HEADER_LEN + n, 0);
-        return match export.read_at(offset, &mut out[SIMPLE_REPLY_HEADER_LEN..]) {
-            Ok(()) => Ok(out),
-            Err(e) => Err((error_reply(handle, mode, &e, range), e)),
+        let total = SIMPLE_REPLY_HEADER_LEN + n;
+        let mut buf = pool.get(total);
+        buf[..SIMPLE_REPLY_HEADER_LEN].copy_from_slice(&simple_reply(0, handle));
+        return match export.read_at(offset, &mut buf[SIMPLE_REPLY_HEADER_LEN..total]) {
+            Ok(()) => Ok(Out { buf, len: total }),
+            Err(e) => {
+                pool.put(buf);
+                Err((Out::whole(error_reply(handle, mode, &e, range)), e))
+            }
         };
     }
     if len == 0 {
-        let mut out = Vec::with_capacity(STRUCTURED_REPLY_HEADER_LEN);
-        put_chunk_header(
-            &mut out,
-            NBD_REPLY_FLAG_DONE,
-            NBD_REPLY_TYPE_NONE,
-            handle,
-            0,
-        );
-        return Ok(out);
+        let header = chunk_header(NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, handle, 0);
+        return Ok(Out::whole(header.to_vec()));
     }
     let segs = if df {
         vec![Segment {
@@ -276,44 +295,48 @@ fn read(
         .iter()
         .map(|s| STRUCTURED_REPLY_HEADER_LEN + if s.hole { 12 } else { 8 + s.len as usize })
         .sum();
-    let mut out = Vec::with_capacity(total);
+    let mut buf = pool.get(total);
+    let mut pos = 0;
     let mut last = 0;
     for s in &segs {
-        last = out.len();
-        if s.hole {
-            put_chunk_header(&mut out, 0, NBD_REPLY_TYPE_OFFSET_HOLE, handle, 12);
-            out.put_u64(s.offset);
-            out.put_u32(s.len as u32);
+        last = pos;
+        let (ty, payload) = if s.hole {
+            (NBD_REPLY_TYPE_OFFSET_HOLE, 12)
         } else {
-            put_chunk_header(
-                &mut out,
-                0,
-                NBD_REPLY_TYPE_OFFSET_DATA,
-                handle,
-                8 + s.len as u32,
-            );
-            out.put_u64(s.offset);
-            let start = out.len();
-            out.resize(start + s.len as usize, 0);
-            if let Err(e) = export.read_at(s.offset, &mut out[start..]) {
-                // Drop this chunk (never sent) and end with the error;
-                // chunks before it stand.
-                out.truncate(last);
-                put_error(
-                    &mut out,
-                    handle,
-                    mode,
-                    e.errno,
-                    &e.message,
-                    error_offset(&e, range),
-                );
-                return Err((out, e));
-            }
+            (NBD_REPLY_TYPE_OFFSET_DATA, 8 + s.len as u32)
+        };
+        buf[pos..pos + STRUCTURED_REPLY_HEADER_LEN]
+            .copy_from_slice(&chunk_header(0, ty, handle, payload));
+        pos += STRUCTURED_REPLY_HEADER_LEN;
+        buf[pos..pos + 8].copy_from_slice(&s.offset.to_be_bytes());
+        pos += 8;
+        if s.hole {
+            buf[pos..pos + 4].copy_from_slice(&(s.len as u32).to_be_bytes());
+            pos += 4;
+            continue;
         }
+        let data = &mut buf[pos..pos + s.len as usize];
+        if let Err(e) = export.read_at(s.offset, data) {
+            // The failed chunk is never sent: the chunks before it stand,
+            // then the error.
+            let mut out = Vec::with_capacity(last + 64 + e.message.len());
+            out.extend_from_slice(&buf[..last]);
+            pool.put(buf);
+            put_error(
+                &mut out,
+                handle,
+                mode,
+                e.errno,
+                &e.message,
+                error_offset(&e, range),
+            );
+            return Err((Out::whole(out), e));
+        }
+        pos += s.len as usize;
     }
-    out[last + CHUNK_FLAGS_OFFSET..last + CHUNK_FLAGS_OFFSET + 2]
+    buf[last + CHUNK_FLAGS_OFFSET..last + CHUNK_FLAGS_OFFSET + 2]
         .copy_from_slice(&NBD_REPLY_FLAG_DONE.to_be_bytes());
-    Ok(out)
+    Ok(Out { buf, len: pos })
 }
 
 /// `base:allocation` descriptors for `[offset, offset + len)`: merged

@@ -73,6 +73,22 @@ impl<R: AsyncRead + Unpin> FramedReader<R> {
         Ok(Some(a))
     }
 
+    /// `N` bytes if that many are already buffered (no I/O).
+    pub(crate) fn take_buffered<const N: usize>(&mut self) -> Option<[u8; N]> {
+        if self.buf.len() < N {
+            return None;
+        }
+        let mut a = [0u8; N];
+        a.copy_from_slice(&self.buf[..N]);
+        self.buf.advance(N);
+        Some(a)
+    }
+
+    /// `n` bytes if that many are already buffered (no I/O, no copy).
+    pub(crate) fn take_buffered_bytes(&mut self, n: usize) -> Option<Bytes> {
+        (self.buf.len() >= n).then(|| self.buf.split_to(n).freeze())
+    }
+
     /// Reads and throws away `n` bytes without holding them in memory.
     pub(crate) async fn discard(&mut self, mut n: u64) -> io::Result<()> {
         while n > 0 {

@@ -61,6 +61,7 @@ impl Listener {
             }
             Listener::Unix { inner, desc, .. } => {
                 let (s, _) = inner.accept().await?;
+                set_send_buffer(&s, UNIX_SEND_BUFFER);
                 let peer = match s.peer_cred().ok().and_then(|c| c.pid()) {
                     Some(pid) => format!("{desc} pid {pid}"),
                     None => desc.clone(),
@@ -68,6 +69,28 @@ impl Listener {
                 Ok((Stream::Unix(s), peer))
             }
         }
+    }
+}
+
+/// Send buffer asked for on Unix connections. The default (~208 KiB) is
+/// all a Unix socket may hold unread, so a 1 MiB reply would take several
+/// wait-for-writable rounds; the kernel caps the request at `wmem_max`.
+const UNIX_SEND_BUFFER: libc::c_int = 4 << 20;
+
+fn set_send_buffer(s: &UnixStream, bytes: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt with a c_int option value on a socket we own.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "could not enlarge the socket send buffer");
     }
 }
 

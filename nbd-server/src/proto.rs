@@ -190,20 +190,39 @@ pub fn put_option_reply(out: &mut Vec<u8>, option: u32, reply_type: u32, data: &
     out.put_slice(data);
 }
 
+/// A simple reply header.
+pub fn simple_reply(error: u32, handle: u64) -> [u8; SIMPLE_REPLY_HEADER_LEN] {
+    let mut b = [0u8; SIMPLE_REPLY_HEADER_LEN];
+    b[0..4].copy_from_slice(&NBD_SIMPLE_REPLY_MAGIC.to_be_bytes());
+    b[4..8].copy_from_slice(&error.to_be_bytes());
+    b[8..16].copy_from_slice(&handle.to_be_bytes());
+    b
+}
+
+/// A structured reply chunk header; `length` is the payload length.
+pub fn chunk_header(
+    flags: u16,
+    reply_type: u16,
+    handle: u64,
+    length: u32,
+) -> [u8; STRUCTURED_REPLY_HEADER_LEN] {
+    let mut b = [0u8; STRUCTURED_REPLY_HEADER_LEN];
+    b[0..4].copy_from_slice(&NBD_STRUCTURED_REPLY_MAGIC.to_be_bytes());
+    b[4..6].copy_from_slice(&flags.to_be_bytes());
+    b[6..8].copy_from_slice(&reply_type.to_be_bytes());
+    b[8..16].copy_from_slice(&handle.to_be_bytes());
+    b[16..20].copy_from_slice(&length.to_be_bytes());
+    b
+}
+
 /// Appends a simple reply header.
 pub fn put_simple_reply(out: &mut Vec<u8>, error: u32, handle: u64) {
-    out.put_u32(NBD_SIMPLE_REPLY_MAGIC);
-    out.put_u32(error);
-    out.put_u64(handle);
+    out.put_slice(&simple_reply(error, handle));
 }
 
 /// Appends a structured reply chunk header; `length` is the payload length.
 pub fn put_chunk_header(out: &mut Vec<u8>, flags: u16, reply_type: u16, handle: u64, length: u32) {
-    out.put_u32(NBD_STRUCTURED_REPLY_MAGIC);
-    out.put_u16(flags);
-    out.put_u16(reply_type);
-    out.put_u64(handle);
-    out.put_u32(length);
+    out.put_slice(&chunk_header(flags, reply_type, handle, length));
 }
 
 /// Byte offset of the flags field inside a structured chunk header.
