@@ -235,6 +235,7 @@ fn fio_random_writes_verify() {
             "--size=16m",
             "--verify=crc32c",
             "--do_verify=1",
+            "--verify_state_save=0",
             "--output-format=json",
         ],
         "fio",
