@@ -16,7 +16,7 @@ use serve_support::*;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -80,12 +80,63 @@ fn overlay_info(manifest: &Path) -> Value {
     json(&stdout(&o))
 }
 
-/// Asserts a refusal: non-zero exit and "in use" in stderr.
+/// `nbdinfo --map --json URI`: the extents cover the volume, contiguous,
+/// and every one the map says reads as zeros is zeros in `want`. Returns
+/// (zero bytes, data bytes).
+#[track_caller]
+fn check_map(uri: &str, want: &[u8]) -> (u64, u64) {
+    let map = json(&tool_ok("nbdinfo", ["--map", "--json", uri]));
+    let map = map.as_array().expect("map is a list");
+    let mut next = 0u64;
+    let (mut zero, mut data) = (0u64, 0u64);
+    for ext in map {
+        let off = ext["offset"].as_u64().unwrap();
+        let len = ext["length"].as_u64().unwrap();
+        let ty = ext["type"].as_u64().unwrap();
+        assert_eq!(off, next, "{uri}: map not contiguous at {ext}");
+        next = off + len;
+        if ty & 2 != 0 {
+            zero += len;
+            let range = &want[off as usize..next as usize];
+            if let Some(p) = range.iter().position(|&b| b != 0) {
+                panic!(
+                    "{uri}: the map says {off}+{len} reads as zeros, but byte {} is {:#04x}",
+                    off as usize + p,
+                    range[p]
+                );
+            }
+        } else {
+            data += len;
+        }
+    }
+    assert_eq!(next, want.len() as u64, "{uri}: map covers the volume");
+    (zero, data)
+}
+
+/// The extent of the map holding `offset`: (offset, length, type).
+fn map_extent(uri: &str, offset: u64) -> (u64, u64, u64) {
+    let map = json(&tool_ok("nbdinfo", ["--map", "--json", uri]));
+    map.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["offset"].as_u64().unwrap(),
+                e["length"].as_u64().unwrap(),
+                e["type"].as_u64().unwrap(),
+            )
+        })
+        .find(|&(o, l, _)| o <= offset && offset < o + l)
+        .unwrap_or_else(|| panic!("{uri}: no extent holds {offset}"))
+}
+
+/// Asserts a refusal: exit 2 (environment: another process holds the
+/// overlay) and "in use" in stderr.
 #[track_caller]
 fn assert_in_use(o: &std::process::Output, what: &str) {
     assert!(
-        !o.status.success() && stderr(o).contains("in use"),
-        "{what}: expected a refusal saying \"in use\" ({}):\n{}",
+        o.status.code() == Some(2) && stderr(o).contains("in use"),
+        "{what}: expected exit 2 and a refusal saying \"in use\" ({}):\n{}",
         o.status,
         text(o)
     );
@@ -120,10 +171,11 @@ fn served_volume_equals_exported_image() {
     let fx = Fixture::new();
     let sock = fx.socket("s.sock");
     assert!(!sock.exists());
-    let srv = Server::start(&[&fx.manifest], &sock, &[]);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let srv = Server::start(&[&fx.manifest], &sock, &["--listen", &listen]);
     assert_eq!(
         srv.addresses,
-        vec![format!("unix:{}", sock.display())],
+        vec![format!("unix:{}", sock.display()), format!("tcp:{listen}")],
         "listening lines"
     );
     assert!(
@@ -136,6 +188,8 @@ fn served_volume_equals_exported_image() {
     assert_same_image(&fx.image, &uri(&sock, "root"));
     // The export named "" is the first manifest's.
     assert_same_image(&fx.image, &uri(&sock, ""));
+    // Over TCP too.
+    assert_same_image(&fx.image, &format!("nbd://{listen}/root"));
     // An unknown export name is refused, so the comparisons mean something.
     let o = tool(
         "qemu-img",
@@ -214,6 +268,19 @@ fn overlay_writes_persist_are_locked_and_reset() {
         "volume after the writes",
     );
     drop(c);
+    // Block status follows the overlay: what it calls zero is zero, and
+    // the discarded blocks are zero.
+    check_map(&u, &want);
+    let (_, _, ty) = map_extent(&u, discard_at);
+    assert!(
+        ty & 2 != 0,
+        "the discarded range {discard_at}+{discard_len} is not reported as zero (type {ty})"
+    );
+    let (_, _, ty) = map_extent(&u, 8192);
+    assert!(
+        ty & 2 == 0,
+        "written blocks at 8192 are reported as zero (type {ty})"
+    );
 
     // While served: the overlay is locked.
     let info = overlay_info(&fx.manifest);
@@ -242,8 +309,8 @@ fn overlay_writes_persist_are_locked_and_reset() {
             panic!("a second server on the same overlay started:\n{log}");
         }
         Err(f) => assert!(
-            f.stderr.contains("in use") && f.status.code() != Some(0),
-            "second server: expected a refusal saying \"in use\" ({}):\n{}",
+            f.stderr.contains("in use") && f.status.code() == Some(2),
+            "second server: expected exit 2 and a refusal saying \"in use\" ({}):\n{}",
             f.status,
             f.stderr
         ),
@@ -356,36 +423,10 @@ fn nbdinfo_lists_maps_and_nbdcopy_copies() {
     }
 
     // Block status: zero ranges read as zeros, and the free space is there.
-    let image = fx.image_bytes();
-    let map = json(&tool_ok(
-        "nbdinfo",
-        ["--map", "--json", &uri(&sock, "root")],
-    ));
-    let map = map.as_array().expect("map is a list");
-    let mut next = 0u64;
-    let (mut zero, mut data) = (0u64, 0u64);
-    for ext in map {
-        let off = ext["offset"].as_u64().unwrap();
-        let len = ext["length"].as_u64().unwrap();
-        let ty = ext["type"].as_u64().unwrap();
-        assert_eq!(off, next, "map not contiguous: {ext}");
-        next = off + len;
-        if ty & 2 != 0 {
-            zero += len;
-            let range = &image[off as usize..next as usize];
-            assert!(
-                range.iter().all(|&b| b == 0),
-                "map says {off}+{len} reads as zeros, the image has data at {}",
-                off as usize + range.iter().position(|&b| b != 0).unwrap()
-            );
-        } else {
-            data += len;
-        }
-    }
-    assert_eq!(next, root_size, "map covers the volume");
+    let (zero, data) = check_map(&uri(&sock, "root"), &fx.image_bytes());
     assert!(
         zero >= 16 * MIB,
-        "map shows only {zero} zero bytes in a volume with 32 MiB free: {map:?}"
+        "map shows only {zero} zero bytes in a volume with 32 MiB free"
     );
     assert!(data >= 4 * MIB, "map shows only {data} data bytes");
 
@@ -440,6 +481,22 @@ fn nbd_crate_client_reads_and_writes() {
         &image[(marker + 100_007 + 513) as usize..(marker + 100_007 + 1513) as usize],
         "after the odd write",
     );
+    // Partial writes over zstd-compressed file data (read-modify-write of
+    // a verified, decompressed block), one across a block boundary.
+    let text = text_bytes(22, 1_500_001);
+    let t = find_block(&image, &text[..8192]).expect("text.txt in the image");
+    let mut want = image[t as usize..(t + 16384) as usize].to_vec();
+    let a = noise(9, 513);
+    let b = noise(10, 300);
+    c.write(t + 5003, &a).unwrap();
+    c.write(t + 8192 - 100, &b).unwrap();
+    want[5003..5003 + 513].copy_from_slice(&a);
+    want[8092..8092 + 300].copy_from_slice(&b);
+    assert_bytes_eq(
+        &c.read(t, 16384).unwrap(),
+        &want,
+        "partial writes over compressed data",
+    );
     // Another connection, by the default name, sees the writes.
     let mut d = NbdConn::connect(&sock, "").expect("handshake with export \"\"");
     assert_bytes_eq(&d.read(marker, data.len()).unwrap(), &data, "conn 2");
@@ -480,6 +537,9 @@ const MULTI_CONN_PY: &str = r#"
 import errno, sys, nbd
 sock = sys.argv[2]
 off = int(sys.argv[3])
+def eno(e):
+    # libnbd's python gives the errno's name ("EPERM")
+    return e.errno if isinstance(e.errno, int) else getattr(errno, str(e.errno), None)
 hs = []
 for i in range(3):
     h = nbd.NBD()
@@ -507,7 +567,7 @@ try:
     ro.pwrite(b"x" * 4096, off)
     raise SystemExit("libnbd let a write to a read-only export through")
 except nbd.Error as e:
-    assert e.errno == errno.EPERM, ("client-side", e.errno, str(e))
+    assert eno(e) == errno.EPERM, ("client-side", e.errno, str(e))
 # Past libnbd's own check: the server must refuse.
 ro.set_strict_mode(0)
 for what, f in [
@@ -519,7 +579,7 @@ for what, f in [
         f()
         raise SystemExit("the server accepted a %s on a read-only export" % what)
     except nbd.Error as e:
-        assert e.errno == errno.EPERM, (what, e.errno, str(e))
+        assert eno(e) == errno.EPERM, (what, e.errno, str(e))
 assert ro.pread(4096, off) == before, "the read-only export changed"
 print("ok")
 "#;
@@ -681,6 +741,24 @@ fn tampered_fragment_block_gets_eio_and_server_stays_up() {
         srv.log()
     );
     app.write_all_at(&b, at).unwrap();
+
+    // A fragment truncated under the server: EIO, no crash; restored: served.
+    file.set_len(MIB).unwrap();
+    let e = c
+        .read(bad, 4096)
+        .expect_err("read of a block past the truncated end");
+    assert!(e.to_string().contains("EIO"), "error: {e}");
+    assert_bytes_eq(
+        &c.read(0, 65536).unwrap(),
+        &image[..65536],
+        "metadata with base.frag truncated",
+    );
+    fs::write(&fx.base_frag, &frag).unwrap();
+    assert_bytes_eq(
+        &c.read(in_image, 8192).unwrap(),
+        &marker[..8192],
+        "after restoring base.frag",
+    );
     drop(c);
     let log = srv.stop();
     assert!(!log.contains("panicked"), "server stderr:\n{log}");
@@ -807,6 +885,214 @@ fn kill9_during_writes_keeps_acknowledged_writes() {
         info["data_blocks"].as_u64().unwrap() >= acked.len() as u64 * 16,
         "overlay info: {info}"
     );
+}
+
+/// 8 plain writes (acknowledged, never flushed), then `count` writes
+/// queued asynchronously; prints `sent`, waits for a line on stdin (the
+/// test stops the server meanwhile), then prints `ack OFFSET SEED` for
+/// every write that completed without error.
+const GRACEFUL_PY: &str = r#"
+import sys, nbd
+sock, base, count = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+h = nbd.NBD()
+h.set_export_name("root")
+h.connect_unix(sock)
+acked = []
+for i in range(8):
+    off = base + i * 65536
+    h.pwrite(bytes([i + 1]) * 65536, off)
+    acked.append((off, i + 1))
+cookies = []
+for i in range(count):
+    off = base + (8 + i) * 65536
+    buf = nbd.Buffer.from_bytearray(bytearray([i + 9]) * 65536)
+    cookies.append((h.aio_pwrite(buf, off), off, i + 9, buf))
+print("sent", flush=True)
+sys.stdin.readline()
+for c, off, seed, _ in cookies:
+    try:
+        while not h.aio_command_completed(c):
+            h.poll(-1)
+        acked.append((off, seed))
+    except nbd.Error:
+        pass
+for off, seed in acked:
+    print("ack", off, seed, flush=True)
+"#;
+
+#[test]
+fn sigterm_keeps_acknowledged_unflushed_writes() {
+    require_python_nbd();
+    let fx = Fixture::new();
+    let sock = fx.socket("s.sock");
+    let srv = Server::start(&[&fx.manifest], &sock, &[]);
+    let base = 16 * MIB;
+    let mut py = Command::new("/usr/bin/python3");
+    py.arg("-c")
+        .arg(GRACEFUL_PY)
+        .arg("--")
+        .arg(&sock)
+        .args([base.to_string(), "32".to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = spawn(&mut py);
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().map(|l| l.unwrap());
+    if first.as_deref() != Some("sent") {
+        let _ = child.kill();
+        let o = child.wait_with_output().unwrap();
+        panic!("writer: {first:?} ({}):\n{}", o.status, text(&o));
+    }
+    let log = srv.stop();
+    assert!(log.contains("stopped"), "server stderr:\n{log}");
+    writeln!(child.stdin.take().unwrap()).unwrap();
+    let acked: Vec<(u64, u8)> = lines
+        .map(|l| {
+            let l = l.unwrap();
+            let f: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(f.len(), 3, "writer printed {l:?}");
+            (f[1].parse().unwrap(), f[2].parse().unwrap())
+        })
+        .collect();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "writer ({}):\n{}", o.status, text(&o));
+    assert!(acked.len() >= 8, "only {} writes acknowledged", acked.len());
+    eprintln!(
+        "{} of 32 in-flight writes were acknowledged around SIGTERM",
+        acked.len() - 8
+    );
+
+    let srv = Server::start(&[&fx.manifest], &sock, &[]);
+    let mut c = NbdConn::connect(&sock, "root").unwrap();
+    for &(off, seed) in &acked {
+        assert_bytes_eq(
+            &c.read(off, 65536).unwrap(),
+            &[seed; 65536],
+            &format!("acknowledged write at {off} after SIGTERM"),
+        );
+    }
+    drop(c);
+    srv.stop();
+}
+
+#[test]
+fn max_connections_is_enforced() {
+    let fx = Fixture::new();
+    let ro = fx.read_only_manifest("ro");
+    let sock = fx.socket("s.sock");
+    let Err(f) = Server::try_start(&[&ro], &sock, &["--max-connections", "0"]) else {
+        panic!("served with --max-connections 0");
+    };
+    assert_ne!(f.status.code(), Some(0));
+    assert!(!sock.exists());
+
+    let srv = Server::start(&[&ro], &sock, &["--max-connections", "2"]);
+    let image = fx.image_bytes();
+    let mut a = NbdConn::connect(&sock, "ro").expect("connection 1");
+    let mut b = NbdConn::connect(&sock, "ro").expect("connection 2");
+    assert!(
+        NbdConn::connect(&sock, "ro").is_err(),
+        "a third connection was served with --max-connections 2"
+    );
+    assert_bytes_eq(&a.read(0, 65536).unwrap(), &image[..65536], "connection 1");
+    assert_bytes_eq(&b.read(0, 65536).unwrap(), &image[..65536], "connection 2");
+    drop(a);
+    // The server notices the close on its own time: poll with a deadline.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut c = loop {
+        match NbdConn::connect(&sock, "ro") {
+            Ok(c) => break c,
+            Err(e) if std::time::Instant::now() > deadline => {
+                panic!("no connection accepted after one of two closed: {e}")
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    };
+    assert_bytes_eq(&c.read(0, 65536).unwrap(), &image[..65536], "connection 3");
+    drop((b, c));
+    srv.stop();
+}
+
+#[test]
+fn malformed_requests_do_not_take_the_server_down() {
+    let fx = Fixture::new();
+    let image = fx.image_bytes();
+    let size = image.len() as u64;
+    let sock = fx.socket("s.sock");
+    let srv = Server::start(&[&fx.manifest], &sock, &[]);
+
+    // Garbage instead of the client's handshake: the server hangs up.
+    {
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        let _ = s.write_all(&noise(5, 4096));
+        let mut sink = Vec::new();
+        let r = std::io::Read::read_to_end(&mut s, &mut sink);
+        assert!(
+            r.is_ok() || r.as_ref().unwrap_err().kind() == std::io::ErrorKind::ConnectionReset,
+            "the server did not hang up on a garbage handshake: {r:?}"
+        );
+    }
+
+    let mut c = RawConn::connect(&sock, "root").expect("handshake");
+    assert_eq!(c.export.size, size);
+    // An unknown command: EINVAL, and the connection goes on.
+    c.request(0, 42, 1, 0, 4096, &[]).unwrap();
+    assert_eq!(c.reply().unwrap(), (22, 1), "unknown command 42");
+    // A read crossing the end: an error, no data.
+    c.request(0, 0, 2, size - 512, 4096, &[]).unwrap();
+    let (err, h) = c.reply().unwrap();
+    assert!(
+        err == 22 && h == 2,
+        "read past the end: error {err}, handle {h}"
+    );
+    // A write crossing the end: ENOSPC (or EINVAL), nothing written.
+    c.request(0, 1, 3, size - 512, 4096, &noise(6, 4096))
+        .unwrap();
+    let (err, h) = c.reply().unwrap();
+    assert!(
+        (err == 28 || err == 22) && h == 3,
+        "write past the end: error {err}, handle {h}"
+    );
+    assert_bytes_eq(
+        &c.read(4, size - 4096, 4096).unwrap(),
+        &image[(size - 4096) as usize..],
+        "the last block after a refused write",
+    );
+    // A 4 GiB read: refused or disconnected, never served or fatal.
+    c.request(0, 0, 5, 0, u32::MAX, &[]).unwrap();
+    if let Ok((err, h)) = c.reply() {
+        assert!(err != 0 && h == 5, "a 4 GiB read: error {err}, handle {h}");
+    }
+    drop(c);
+
+    // A write announcing 1 MiB that sends 100 bytes and hangs up.
+    let mut c = RawConn::connect(&sock, "root").expect("handshake");
+    c.request(0, 1, 6, MIB, 1 << 20, &noise(7, 100)).unwrap();
+    drop(c);
+    // A request with a bad magic.
+    let mut c = RawConn::connect(&sock, "root").expect("handshake");
+    c.s.write_all(&[0xde; 28]).unwrap();
+    let mut sink = Vec::new();
+    let r = std::io::Read::read_to_end(&mut c.s, &mut sink);
+    assert!(
+        r.is_ok() || r.as_ref().unwrap_err().kind() == std::io::ErrorKind::ConnectionReset,
+        "the server did not hang up on a request with a bad magic: {r:?}"
+    );
+    drop(c);
+
+    // Still serving, and the half-sent write did not land.
+    let mut n = NbdConn::connect(&sock, "root").expect("a client after the abuse");
+    assert_bytes_eq(
+        &n.read(MIB, 1 << 20).unwrap(),
+        &image[MIB as usize..2 * MIB as usize],
+        "the range of the half-sent write",
+    );
+    drop(n);
+    let log = srv.stop();
+    assert!(!log.contains("panicked"), "server stderr:\n{log}");
 }
 
 // ---------------------------------------------------------------------------

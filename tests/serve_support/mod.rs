@@ -739,3 +739,72 @@ impl NbdConn {
         self.client.flush()
     }
 }
+
+/// A connection speaking raw transmission-phase NBD after the `nbd`
+/// crate's handshake (simple replies): for malformed or unusual requests.
+pub struct RawConn {
+    pub export: nbd::Export,
+    pub s: UnixStream,
+}
+
+impl RawConn {
+    pub fn connect(sock: &Path, name: &str) -> std::io::Result<RawConn> {
+        let mut s = UnixStream::connect(sock)?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let export = nbd::client::handshake(&mut s, name.as_bytes())?;
+        Ok(RawConn { export, s })
+    }
+
+    /// Sends one request header (and `payload`, which may be shorter than
+    /// `len` on purpose).
+    pub fn request(
+        &mut self,
+        flags: u16,
+        cmd: u16,
+        handle: u64,
+        offset: u64,
+        len: u32,
+        payload: &[u8],
+    ) -> std::io::Result<()> {
+        let mut h = Vec::with_capacity(28 + payload.len());
+        h.extend_from_slice(&0x2560_9513u32.to_be_bytes());
+        h.extend_from_slice(&flags.to_be_bytes());
+        h.extend_from_slice(&cmd.to_be_bytes());
+        h.extend_from_slice(&handle.to_be_bytes());
+        h.extend_from_slice(&offset.to_be_bytes());
+        h.extend_from_slice(&len.to_be_bytes());
+        h.extend_from_slice(payload);
+        self.s.write_all(&h)
+    }
+
+    /// Reads one simple reply header: (error, handle).
+    pub fn reply(&mut self) -> std::io::Result<(u32, u64)> {
+        let mut b = [0u8; 16];
+        self.s.read_exact(&mut b)?;
+        let magic = u32::from_be_bytes(b[0..4].try_into().unwrap());
+        if magic != 0x6744_6698 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("reply magic {magic:#x}"),
+            ));
+        }
+        Ok((
+            u32::from_be_bytes(b[4..8].try_into().unwrap()),
+            u64::from_be_bytes(b[8..16].try_into().unwrap()),
+        ))
+    }
+
+    /// A read request answered without error: its bytes.
+    pub fn read(&mut self, handle: u64, offset: u64, len: u32) -> std::io::Result<Vec<u8>> {
+        self.request(0, 0, handle, offset, len, &[])?;
+        let (err, h) = self.reply()?;
+        if err != 0 || h != handle {
+            return Err(std::io::Error::other(format!(
+                "read {offset}+{len}: error {err}, handle {h} (sent {handle})"
+            )));
+        }
+        let mut out = vec![0u8; len as usize];
+        self.s.read_exact(&mut out)?;
+        Ok(out)
+    }
+}
