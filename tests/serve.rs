@@ -682,6 +682,12 @@ fn tampered_fragment_block_gets_eio_and_server_stays_up() {
         "the server's stderr does not name the fragment:\n{}",
         srv.log()
     );
+    let log = srv.log();
+    let line = log.lines().find(|l| l.contains("base.frag")).unwrap();
+    assert!(
+        line.contains("region") && line.contains("block"),
+        "the error line should name fragment, region and block: {line}"
+    );
     // Restored: served again (nothing was cached, good or bad).
     file.write_all_at(&[orig], flip_at).unwrap();
     assert_bytes_eq(&c.read(bad, 4096).unwrap(), &marker[4096..8192], "restored");
