@@ -6,14 +6,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use crate::execute::ReplyMode;
-use crate::framing::FramedReader;
+use crate::framing::InBuf;
 use crate::handshake::{negotiate, Exports};
 use crate::pool::BufPool;
 use crate::request::Limits;
+use crate::socket::Socket;
 use crate::transmission::{self, End, Session};
 
 pub(crate) struct ConnCtx {
@@ -36,11 +36,7 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-pub(crate) async fn handle<R, W>(r: R, mut w: W, ctx: ConnCtx)
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin + Send + 'static,
-{
+pub(crate) async fn handle<S: Socket>(mut sock: S, ctx: ConnCtx) {
     let ConnCtx {
         id,
         peer,
@@ -48,14 +44,14 @@ where
         handshake_timeout,
         mut stop,
     } = ctx;
-    let mut rd = FramedReader::new(r);
+    let mut inb = InBuf::new();
     let outcome = tokio::select! {
         biased;
         _ = stop.wait_for(|s| *s) => {
             tracing::debug!(conn = id, peer = %peer, "closed during the handshake: server shutting down");
             return;
         }
-        r = tokio::time::timeout(handshake_timeout, negotiate(&mut rd, &mut w, &exports)) => r,
+        r = tokio::time::timeout(handshake_timeout, negotiate(&mut inb, &mut sock, &exports)) => r,
     };
     let neg = match outcome {
         Err(_) => {
@@ -98,11 +94,11 @@ where
         flags = format_args!("{:#x}", neg.flags),
         "client connected"
     );
-    let end = transmission::serve(rd, w, session.clone(), stop).await;
+    let end = transmission::serve(sock, inb, session.clone(), stop).await;
     let peer = &session.peer;
     let export = &session.export_name;
     match end {
-        End::Io(_) | End::Protocol(_) => {
+        End::Io(_) | End::WriteFailed(_) | End::Protocol(_) => {
             tracing::warn!(conn = id, peer = %peer, export = %export, "connection closed: {end}")
         }
         _ => tracing::info!(conn = id, peer = %peer, export = %export, "connection closed: {end}"),

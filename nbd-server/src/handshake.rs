@@ -14,7 +14,7 @@ use std::sync::Arc;
 use bytes::{Buf, BufMut, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::framing::FramedReader;
+use crate::framing::InBuf;
 use crate::proto::*;
 use crate::server::ExportConfig;
 
@@ -98,14 +98,13 @@ enum Next {
 
 /// Runs the handshake. `Ok(None)`: the client aborted or left before
 /// choosing an export.
-pub(crate) async fn negotiate<R, W>(
-    rd: &mut FramedReader<R>,
-    wr: &mut W,
+pub(crate) async fn negotiate<S>(
+    inb: &mut InBuf,
+    wr: &mut S,
     exports: &Exports,
 ) -> Result<Option<Negotiated>, HandshakeError>
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut greeting = Vec::with_capacity(18);
     greeting.put_u64(NBDMAGIC);
@@ -114,7 +113,7 @@ where
     wr.write_all(&greeting).await?;
     wr.flush().await?;
 
-    let Some(client_flags) = rd.read_array::<4>().await? else {
+    let Some(client_flags) = inb.read_array::<_, 4>(wr).await? else {
         return Ok(None);
     };
     let client_flags = u32::from_be_bytes(client_flags);
@@ -130,7 +129,7 @@ where
         out: Vec::with_capacity(512),
     };
     loop {
-        let Some(header) = rd.read_array::<16>().await? else {
+        let Some(header) = inb.read_array::<_, 16>(wr).await? else {
             return Ok(None);
         };
         let mut header = &header[..];
@@ -144,12 +143,12 @@ where
             if option == NBD_OPT_EXPORT_NAME {
                 return Err(HandshakeError::ExportNameTooLong(len));
             }
-            rd.discard(u64::from(len)).await?;
+            inb.discard(wr, u64::from(len)).await?;
             tracing::debug!(option, len, "option data too large, skipped");
             let msg = format!("option data of {len} bytes exceeds the server's {MAX_OPTION_DATA}");
             put_option_reply(&mut h.out, option, NBD_REP_ERR_TOO_BIG, msg.as_bytes());
         } else {
-            let data = rd.read_exact(len as usize).await?;
+            let data = inb.read_exact(wr, len as usize).await?;
             let next = if option == NBD_OPT_EXPORT_NAME {
                 Next::Go(h.export_name(&data, no_zeroes)?)
             } else {

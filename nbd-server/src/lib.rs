@@ -13,8 +13,9 @@
 //!       connection.rs: handshake.rs under a timeout ───────────────┘
 //!         (OPT_GO/INFO/LIST/EXPORT_NAME, structured replies, base:allocation)
 //!                 │
-//!       transmission.rs:  reader ─► request.rs (validate) ─► execute.rs ─► writer
-//!                         (framing.rs)        per-request task or blocking pool   (batched writev)
+//!       transmission.rs: one task per connection owns the socket (socket.rs):
+//!         read (framing.rs) ─► request.rs (validate) ─► execute.rs ─► batched writev
+//!                                   long requests: blocking pool ─┘   (pool.rs buffers)
 //!                 │                                   │
 //!                 └──── proto.rs: every wire constant and header encoding
 //!                                                     │
@@ -61,6 +62,7 @@ mod listener;
 mod pool;
 mod request;
 mod server;
+mod socket;
 mod transmission;
 
 pub use error::Error;

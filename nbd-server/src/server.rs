@@ -193,14 +193,8 @@ impl Server {
                     conns.spawn(async move {
                         let _permit = permit;
                         match stream {
-                            Stream::Tcp(s) => {
-                                let (r, w) = s.into_split();
-                                connection::handle(r, w, ctx).await
-                            }
-                            Stream::Unix(s) => {
-                                let (r, w) = s.into_split();
-                                connection::handle(r, w, ctx).await
-                            }
+                            Stream::Tcp(s) => connection::handle(s, ctx).await,
+                            Stream::Unix(s) => connection::handle(s, ctx).await,
                         }
                     });
                 }

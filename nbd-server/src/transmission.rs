@@ -1,57 +1,62 @@
-//! The transmission phase of one connection.
+//! The transmission phase of one connection: one task owns the socket.
 //!
 //! ```text
-//!  socket read half                                          socket write half
-//!        |                                                          ^
-//!   reader (this task): header, payload, validate,      writer task: drains every
-//!   take budget, then                                    queued batch, one writev,
-//!        |                                               buffers back to the pool
-//!        +--> short READ/WRITE/BLOCK_STATUS: run here, --+          ^
-//!        |    reply added to the current batch           +--> mpsc -+
-//!        +--> long ones, FLUSH, FUA, TRIM, zeroes:       |
-//!             blocking pool, one reply each -------------+
+//!            +------------------------------------------------------+
+//!  socket -> | read what is there -> parse -> validate -> run short | -> replies -> writev -> socket
+//!            |                                   |     READ/WRITE/  |      ^
+//!            |                                   |     BLOCK_STATUS |      |
+//!            |                                   v     here         |      |
+//!            |                  long ones, FLUSH, FUA, TRIM, zeroes |      |
+//!            +------------------ on the blocking pool --------------+------+ (completion channel)
 //! ```
 //!
-//! Replies go out in completion order, matched to requests by handle. The
-//! reader runs short requests itself (page-cache copies of a few
-//! microseconds) and hands their replies to the writer in batches: when no
-//! complete request is left in its buffer, or the batch is full. At queue
-//! depth 32 that is one wakeup and one `writev` for many replies instead of
-//! one each. A per-connection budget (requests and bytes in flight) makes
-//! the reader wait when replies do not drain, so memory stays bounded. The
-//! reader stops at NBD_CMD_DISC, end of stream, a broken request, or server
-//! shutdown; the writer then sends every reply still due and closes.
+//! Each round runs every complete request already buffered (short ones
+//! right here: page-cache copies of a few microseconds), gathers what the
+//! blocking pool finished, and writes all replies due with one vectored
+//! write that never blocks. Only then does the task wait, for whichever
+//! comes first: the socket readable, the socket writable again, a blocking
+//! request done, or shutdown. At queue depth 32 that is one read and one
+//! write system call for many requests; at queue depth 1 a request costs
+//! one wakeup, one read and one write, with no hand-over between tasks.
+//!
+//! Replies go out in completion order, matched to requests by handle. A
+//! budget (requests and bytes in flight) stops reading while replies do not
+//! drain, so memory stays bounded. Reading stops at NBD_CMD_DISC, end of
+//! stream, a broken request or server shutdown; every reply still due is
+//! then sent and the connection closed.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, IoSlice};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, watch};
 
 use crate::execute::{error_reply, execute, rejection_reply, Out, ReplyMode};
 use crate::export::{Errno, Export, ExportError};
-use crate::framing::FramedReader;
+use crate::framing::InBuf;
 use crate::pool::BufPool;
 use crate::proto::*;
 use crate::request::{command_name, validate, Command, Limits};
+use crate::socket::Socket;
 
 /// Reads and writes of at most this many bytes (without FUA) run on the
-/// reader; everything else goes to the blocking pool.
+/// connection's task; everything else goes to the blocking pool.
 const INLINE_MAX: u32 = 128 * 1024;
 /// Budget unit: one per request plus one per 64 KiB of payload.
 const BUDGET_UNIT: u32 = 64 * 1024;
-/// Budget per connection: up to 1024 small requests or ~64 MiB of data in
-/// flight (a maximum-size request costs 513 units, so it always fits).
-const BUDGET: usize = 1024;
-/// A batch goes to the writer once it holds this many replies or bytes.
-const BATCH_REPLIES: usize = 32;
-const BATCH_BYTES: usize = 512 * 1024;
-/// Most replies gathered into one vectored write.
-const MAX_WRITE_SLICES: usize = 512;
+/// Reading pauses while this many units are in flight: about 1024 small
+/// requests or 64 MiB of data (one more request may add up to 513 units).
+const BUDGET: u32 = 1024;
+/// Replies gathered before writing while more requests are buffered.
+const RUN_BEFORE_WRITE: usize = 32;
+/// Most replies in one vectored write.
+const MAX_WRITE_SLICES: usize = 64;
 
-/// One negotiated connection, shared by its request tasks.
+/// One negotiated connection, shared with its blocking requests.
 pub(crate) struct Session {
     pub conn_id: u64,
     pub peer: String,
@@ -62,21 +67,19 @@ pub(crate) struct Session {
     pub pool: BufPool,
 }
 
-/// A reply ready to send; the budget it holds returns once it is written.
+/// A reply ready to send and the budget it holds until written.
 struct Reply {
     out: Out,
-    _permit: OwnedSemaphorePermit,
+    units: u32,
 }
 
-type Batch = Vec<Reply>;
-
-/// Why the reader stopped.
+/// Why a connection ended.
 pub(crate) enum End {
     Disconnect,
     Eof,
     Shutdown,
-    WriterGone,
     Io(io::Error),
+    WriteFailed(io::Error),
     Protocol(String),
 }
 
@@ -86,157 +89,237 @@ impl fmt::Display for End {
             End::Disconnect => f.write_str("client sent NBD_CMD_DISC"),
             End::Eof => f.write_str("client closed the connection"),
             End::Shutdown => f.write_str("server shutting down"),
-            End::WriterGone => f.write_str("replies can no longer be sent"),
             End::Io(e) => write!(f, "read error: {e}"),
+            End::WriteFailed(e) => write!(f, "write error: {e}"),
             End::Protocol(m) => write!(f, "protocol violation: {m}"),
         }
     }
 }
 
+/// What woke the connection up.
+enum Event {
+    Stop,
+    Done(Option<Reply>),
+    Writable(io::Result<()>),
+    Readable(io::Result<()>),
+}
+
 /// Serves requests until the connection ends; returns why.
-pub(crate) async fn serve<R, W>(
-    mut rd: FramedReader<R>,
-    wr: W,
+pub(crate) async fn serve<S: Socket>(
+    sock: S,
+    inb: InBuf,
     session: Arc<Session>,
     mut stop: watch::Receiver<bool>,
-) -> End
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin + Send + 'static,
-{
-    let (tx, rx) = mpsc::unbounded_channel();
-    let writer = AbortOnDrop(tokio::spawn(write_loop(wr, rx, session.clone())));
-    let end = read_loop(&mut rd, &tx, &session, &mut stop).await;
-    drop(tx);
-    match writer.join().await {
-        Some(Ok(())) | None => {}
-        Some(Err(e)) => tracing::debug!(
-            conn = session.conn_id,
-            peer = %session.peer,
-            error = %e,
-            "could not send every reply"
-        ),
-    }
+) -> End {
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let mut c = Conn {
+        sock,
+        inb,
+        session,
+        out: VecDeque::new(),
+        written: 0,
+        units: 0,
+        blocking: 0,
+        want: REQUEST_HEADER_LEN,
+        done_tx,
+        done_rx,
+        end: None,
+    };
+    let end = c.run(&mut stop).await;
+    let _ = c.sock.shutdown().await;
     end
 }
 
-/// Replies of requests run on the reader, waiting to go to the writer.
-struct Pending<'a> {
-    batch: Batch,
-    bytes: usize,
-    tx: &'a mpsc::UnboundedSender<Batch>,
+struct Conn<S> {
+    sock: S,
+    inb: InBuf,
+    session: Arc<Session>,
+    /// Replies due, in completion order; `written` bytes of the first are
+    /// already sent.
+    out: VecDeque<Reply>,
+    written: usize,
+    /// Budget units of requests whose replies are not written yet.
+    units: u32,
+    /// Requests running on the blocking pool.
+    blocking: usize,
+    /// Bytes the next request needs buffered (header, or header and payload).
+    want: usize,
+    done_tx: mpsc::UnboundedSender<Reply>,
+    done_rx: mpsc::UnboundedReceiver<Reply>,
+    /// Set once reading has stopped.
+    end: Option<End>,
 }
 
-impl Pending<'_> {
-    fn push(&mut self, reply: Reply) {
-        self.bytes += reply.out.len;
-        self.batch.push(reply);
-        if self.batch.len() >= BATCH_REPLIES || self.bytes >= BATCH_BYTES {
-            self.flush();
-        }
-    }
-
-    fn flush(&mut self) {
-        if !self.batch.is_empty() {
-            let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_REPLIES));
-            self.bytes = 0;
-            // A gone writer is noticed by the reader's select.
-            let _ = self.tx.send(batch);
-        }
-    }
-}
-
-async fn read_loop<R: AsyncRead + Unpin>(
-    rd: &mut FramedReader<R>,
-    tx: &mpsc::UnboundedSender<Batch>,
-    session: &Arc<Session>,
-    stop: &mut watch::Receiver<bool>,
-) -> End {
-    let budget = Arc::new(Semaphore::new(BUDGET));
-    let mut pending = Pending {
-        batch: Vec::with_capacity(BATCH_REPLIES),
-        bytes: 0,
-        tx,
-    };
-    let end = loop {
-        let header = match rd.take_buffered::<REQUEST_HEADER_LEN>() {
-            Some(b) => b,
-            None => {
-                // Nothing complete left: send what is done before waiting.
-                pending.flush();
-                let r = tokio::select! {
-                    biased;
-                    _ = stop.wait_for(|s| *s) => Err(End::Shutdown),
-                    _ = tx.closed() => Err(End::WriterGone),
-                    r = rd.read_array::<REQUEST_HEADER_LEN>() => Ok(r),
-                };
-                match r {
-                    Ok(Ok(Some(b))) => b,
-                    Ok(Ok(None)) => break End::Eof,
-                    Ok(Err(e)) => break End::Io(e),
-                    Err(end) => break end,
-                }
+impl<S: Socket> Conn<S> {
+    async fn run(&mut self, stop: &mut watch::Receiver<bool>) -> End {
+        loop {
+            if self.end.is_none() {
+                self.run_buffered();
             }
-        };
-        let h = RequestHeader::parse(&header);
-        if h.magic != NBD_REQUEST_MAGIC {
-            break End::Protocol(format!("request with bad magic {:#010x}", h.magic));
+            while let Ok(r) = self.done_rx.try_recv() {
+                self.blocking -= 1;
+                self.out.push_back(r);
+            }
+            if let Err(e) = self.write_some() {
+                return self.end.take().unwrap_or(End::WriteFailed(e));
+            }
+            let reading = self.end.is_none();
+            if !reading && self.out.is_empty() && self.blocking == 0 {
+                return self.end.take().expect("reading stopped for a reason");
+            }
+            if reading && self.units < BUDGET && self.inb.len() >= self.want {
+                continue; // more complete requests buffered
+            }
+            let event = tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s), if reading => Event::Stop,
+                r = self.done_rx.recv(), if self.blocking > 0 => Event::Done(r),
+                r = self.sock.writable(), if !self.out.is_empty() => Event::Writable(r),
+                r = self.sock.readable(), if reading && self.units < BUDGET => Event::Readable(r),
+            };
+            match event {
+                Event::Stop => self.end = Some(End::Shutdown),
+                Event::Done(Some(r)) => {
+                    self.blocking -= 1;
+                    self.out.push_back(r);
+                }
+                Event::Done(None) => unreachable!("this task holds a sender"),
+                Event::Writable(Ok(())) => {}
+                Event::Writable(Err(e)) => return self.end.take().unwrap_or(End::WriteFailed(e)),
+                Event::Readable(Ok(())) => self.read_some(),
+                Event::Readable(Err(e)) => self.end = Some(End::Io(e)),
+            }
         }
-        if h.command == NBD_CMD_DISC {
-            break End::Disconnect;
+    }
+
+    /// One non-blocking read into the buffer.
+    fn read_some(&mut self) {
+        let want = self.want;
+        match self.sock.try_read_into(self.inb.spare_for(want)) {
+            Ok(0) => {
+                self.end = Some(if self.inb.len() == 0 {
+                    End::Eof
+                } else {
+                    End::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "connection closed {} bytes into a {want}-byte request",
+                            self.inb.len()
+                        ),
+                    ))
+                });
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => self.end = Some(End::Io(e)),
         }
-        if h.command == NBD_CMD_WRITE && h.length > MAX_BLOCK_SIZE {
-            break End::Protocol(format!(
-                "WRITE of {} bytes exceeds the maximum block size {MAX_BLOCK_SIZE}",
-                h.length
-            ));
+    }
+
+    /// Writes replies until all are sent or the socket is full.
+    fn write_some(&mut self) -> io::Result<()> {
+        while !self.out.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_WRITE_SLICES];
+            let mut count = 0;
+            for (i, r) in self.out.iter().take(MAX_WRITE_SLICES).enumerate() {
+                let bytes = r.out.bytes();
+                slices[i] = IoSlice::new(if i == 0 {
+                    &bytes[self.written..]
+                } else {
+                    bytes
+                });
+                count += 1;
+            }
+            let mut n = match self.sock.try_write_slices(&slices[..count]) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "socket accepted no bytes",
+                    ))
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            while n > 0 {
+                let front = self.out.front().expect("bytes written belong to a reply");
+                let left = front.out.len - self.written;
+                if n < left {
+                    self.written += n;
+                    break;
+                }
+                n -= left;
+                self.written = 0;
+                let done = self.out.pop_front().expect("front exists");
+                self.units -= done.units;
+                self.session.pool.put(done.out.buf);
+            }
         }
-        let cost = match h.command {
+        Ok(())
+    }
+
+    /// Runs the complete requests in the buffer (up to a batch), leaving
+    /// their replies in `out`.
+    fn run_buffered(&mut self) {
+        let mut ran = 0;
+        while self.end.is_none() && self.units < BUDGET && ran < RUN_BEFORE_WRITE {
+            self.want = REQUEST_HEADER_LEN;
+            let Some(head) = self.inb.bytes().get(..REQUEST_HEADER_LEN) else {
+                return;
+            };
+            let h = RequestHeader::parse(head.try_into().expect("28 bytes"));
+            if h.magic != NBD_REQUEST_MAGIC {
+                self.end = Some(End::Protocol(format!(
+                    "request with bad magic {:#010x}",
+                    h.magic
+                )));
+                return;
+            }
+            if h.command == NBD_CMD_DISC {
+                self.inb.take_array::<REQUEST_HEADER_LEN>();
+                self.end = Some(End::Disconnect);
+                return;
+            }
+            let payload_len = if h.command == NBD_CMD_WRITE {
+                if h.length > MAX_BLOCK_SIZE {
+                    self.end = Some(End::Protocol(format!(
+                        "WRITE of {} bytes exceeds the maximum block size {MAX_BLOCK_SIZE}",
+                        h.length
+                    )));
+                    return;
+                }
+                h.length as usize
+            } else {
+                0
+            };
+            self.want = REQUEST_HEADER_LEN + payload_len;
+            if self.inb.len() < self.want {
+                return;
+            }
+            self.inb.take_array::<REQUEST_HEADER_LEN>();
+            let payload = (h.command == NBD_CMD_WRITE).then(|| {
+                self.inb
+                    .take_bytes(payload_len)
+                    .expect("payload is buffered")
+            });
+            self.dispatch(h, payload);
+            ran += 1;
+        }
+    }
+
+    fn dispatch(&mut self, h: RequestHeader, payload: Option<Bytes>) {
+        let units = match h.command {
             NBD_CMD_READ | NBD_CMD_WRITE => 1 + h.length.min(MAX_BLOCK_SIZE) / BUDGET_UNIT,
             _ => 1,
         };
-        let permit = match budget.clone().try_acquire_many_owned(cost) {
-            Ok(p) => p,
-            Err(_) => {
-                pending.flush();
-                tokio::select! {
-                    biased;
-                    _ = stop.wait_for(|s| *s) => break End::Shutdown,
-                    p = budget.clone().acquire_many_owned(cost) => {
-                        p.expect("the budget semaphore is never closed")
-                    }
-                }
-            }
-        };
-        let payload = if h.command == NBD_CMD_WRITE {
-            let len = h.length as usize;
-            match rd.take_buffered_bytes(len) {
-                Some(d) => Some(d),
-                None => {
-                    pending.flush();
-                    let r = tokio::select! {
-                        biased;
-                        _ = stop.wait_for(|s| *s) => None,
-                        r = rd.read_exact(len) => Some(r),
-                    };
-                    match r {
-                        None => break End::Shutdown,
-                        Some(Ok(d)) => Some(d),
-                        Some(Err(e)) => break End::Io(e),
-                    }
-                }
-            }
-        } else {
-            None
-        };
-
-        let cmd = match validate(&h, payload, &session.limits) {
+        self.units += units;
+        let s = &self.session;
+        let cmd = match validate(&h, payload, &s.limits) {
             Ok(cmd) => cmd,
             Err(rej) => {
                 tracing::debug!(
-                    conn = session.conn_id,
-                    peer = %session.peer,
-                    export = %session.export_name,
+                    conn = s.conn_id,
+                    peer = %s.peer,
+                    export = %s.export_name,
                     command = command_name(h.command),
                     offset = h.offset,
                     length = h.length,
@@ -244,15 +327,13 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     "request refused: {}",
                     rej.message
                 );
-                let buf = rejection_reply(h.handle, session.mode, rej.errno, &rej.message);
-                pending.push(Reply {
-                    out: Out {
-                        len: buf.len(),
-                        buf,
-                    },
-                    _permit: permit,
-                });
-                continue;
+                let buf = rejection_reply(h.handle, s.mode, rej.errno, &rej.message);
+                let out = Out {
+                    len: buf.len(),
+                    buf,
+                };
+                self.out.push_back(Reply { out, units });
+                return;
             }
         };
         let inline = match &cmd {
@@ -261,26 +342,19 @@ async fn read_loop<R: AsyncRead + Unpin>(
             _ => false,
         };
         if inline {
-            let out = run(session, &h, cmd);
-            pending.push(Reply {
-                out,
-                _permit: permit,
-            });
+            let out = run(s, &h, cmd);
+            self.out.push_back(Reply { out, units });
         } else {
-            let session = session.clone();
-            let tx = tx.clone();
+            let session = s.clone();
+            let tx = self.done_tx.clone();
+            self.blocking += 1;
             tokio::task::spawn_blocking(move || {
                 let out = run(&session, &h, cmd);
-                // The writer may be gone (client left): nobody to answer.
-                let _ = tx.send(vec![Reply {
-                    out,
-                    _permit: permit,
-                }]);
+                // The connection may be gone: nobody to answer.
+                let _ = tx.send(Reply { out, units });
             });
         }
-    };
-    pending.flush();
-    end
+    }
 }
 
 /// Runs one request against the export (blocking) and logs a failure.
@@ -322,60 +396,5 @@ fn run(s: &Session, h: &RequestHeader, cmd: Command) -> Out {
                 buf,
             }
         }
-    }
-}
-
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut wr: W,
-    mut rx: mpsc::UnboundedReceiver<Batch>,
-    session: Arc<Session>,
-) -> io::Result<()> {
-    let mut replies: Vec<Reply> = Vec::with_capacity(MAX_WRITE_SLICES);
-    while let Some(first) = rx.recv().await {
-        replies.extend(first);
-        while replies.len() < MAX_WRITE_SLICES {
-            match rx.try_recv() {
-                Ok(more) => replies.extend(more),
-                Err(_) => break,
-            }
-        }
-        write_batch(&mut wr, &replies).await?;
-        for r in replies.drain(..) {
-            session.pool.put(r.out.buf);
-        }
-    }
-    wr.shutdown().await
-}
-
-async fn write_batch<W: AsyncWrite + Unpin>(wr: &mut W, batch: &[Reply]) -> io::Result<()> {
-    let mut slices: Vec<IoSlice<'_>> = batch.iter().map(|r| IoSlice::new(r.out.bytes())).collect();
-    let mut rest = &mut slices[..];
-    while !rest.is_empty() {
-        let n = wr.write_vectored(rest).await?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                "socket accepted no bytes",
-            ));
-        }
-        IoSlice::advance_slices(&mut rest, n);
-    }
-    Ok(())
-}
-
-/// A task handle that aborts its task when dropped (a connection task
-/// cancelled at the end of a shutdown takes its writer with it).
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> AbortOnDrop<T> {
-    /// Waits for the task; `None` if it panicked or was cancelled.
-    async fn join(mut self) -> Option<T> {
-        (&mut self.0).await.ok()
-    }
-}
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
