@@ -24,6 +24,10 @@ declare -A PKG=(
   [nbdcopy]=libnbd-bin
   [nbdkit]=nbdkit
   [fio]=fio
+  [qemu-system-x86_64]=qemu-system-x86
+  [cpio]=cpio
+  [dpkg-deb]=dpkg
+  [apt-get]=apt
 )
 missing=()
 for tool in "${!PKG[@]}"; do
