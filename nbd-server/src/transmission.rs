@@ -32,7 +32,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 use crate::execute::{error_reply, execute, rejection_reply, Out, ReplyMode};
@@ -41,7 +41,7 @@ use crate::framing::InBuf;
 use crate::pool::BufPool;
 use crate::proto::*;
 use crate::request::{command_name, validate, Command, Limits};
-use crate::socket::Socket;
+use crate::socket::{Socket, WriteHalf};
 
 /// Reads and writes of at most this many bytes (without FUA) run on the
 /// connection's task; everything else goes to the blocking pool.
@@ -101,7 +101,7 @@ enum Event {
     Stop,
     Done(Option<Reply>),
     Writable(io::Result<()>),
-    Readable(io::Result<()>),
+    Read(io::Result<usize>),
 }
 
 /// Serves requests until the connection ends; returns why.
@@ -112,26 +112,28 @@ pub(crate) async fn serve<S: Socket>(
     mut stop: watch::Receiver<bool>,
 ) -> End {
     let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let (rd, wr) = sock.into_halves();
     let mut c = Conn {
-        sock,
+        rd,
+        wr,
         inb,
         session,
         out: VecDeque::new(),
         written: 0,
         units: 0,
         blocking: 0,
-        want: REQUEST_HEADER_LEN,
         done_tx,
         done_rx,
         end: None,
     };
     let end = c.run(&mut stop).await;
-    let _ = c.sock.shutdown().await;
+    let _ = c.wr.shutdown().await;
     end
 }
 
-struct Conn<S> {
-    sock: S,
+struct Conn<R, W> {
+    rd: R,
+    wr: W,
     inb: InBuf,
     session: Arc<Session>,
     /// Replies due, in completion order; `written` bytes of the first are
@@ -142,15 +144,13 @@ struct Conn<S> {
     units: u32,
     /// Requests running on the blocking pool.
     blocking: usize,
-    /// Bytes the next request needs buffered (header, or header and payload).
-    want: usize,
     done_tx: mpsc::UnboundedSender<Reply>,
     done_rx: mpsc::UnboundedReceiver<Reply>,
     /// Set once reading has stopped.
     end: Option<End>,
 }
 
-impl<S: Socket> Conn<S> {
+impl<R: AsyncRead + Unpin, W: WriteHalf> Conn<R, W> {
     async fn run(&mut self, stop: &mut watch::Receiver<bool>) -> End {
         loop {
             if self.end.is_none() {
@@ -167,15 +167,18 @@ impl<S: Socket> Conn<S> {
             if !reading && self.out.is_empty() && self.blocking == 0 {
                 return self.end.take().expect("reading stopped for a reason");
             }
-            if reading && self.units < BUDGET && self.inb.len() >= self.want {
+            if reading && self.units < BUDGET && self.inb.len() >= self.next_need() {
                 continue; // more complete requests buffered
             }
+            let need = self.next_need();
             let event = tokio::select! {
                 biased;
                 _ = stop.wait_for(|s| *s), if reading => Event::Stop,
                 r = self.done_rx.recv(), if self.blocking > 0 => Event::Done(r),
-                r = self.sock.writable(), if !self.out.is_empty() => Event::Writable(r),
-                r = self.sock.readable(), if reading && self.units < BUDGET => Event::Readable(r),
+                r = self.wr.writable(), if !self.out.is_empty() => Event::Writable(r),
+                r = self.rd.read_buf(self.inb.spare_for(need)), if reading && self.units < BUDGET => {
+                    Event::Read(r)
+                }
             };
             match event {
                 Event::Stop => self.end = Some(End::Shutdown),
@@ -186,32 +189,41 @@ impl<S: Socket> Conn<S> {
                 Event::Done(None) => unreachable!("this task holds a sender"),
                 Event::Writable(Ok(())) => {}
                 Event::Writable(Err(e)) => return self.end.take().unwrap_or(End::WriteFailed(e)),
-                Event::Readable(Ok(())) => self.read_some(),
-                Event::Readable(Err(e)) => self.end = Some(End::Io(e)),
+                Event::Read(Ok(0)) => self.end = Some(self.eof(need)),
+                Event::Read(Ok(_)) => {}
+                Event::Read(Err(e)) => self.end = Some(End::Io(e)),
             }
         }
     }
 
-    /// One non-blocking read into the buffer.
-    fn read_some(&mut self) {
-        let want = self.want;
-        match self.sock.try_read_into(self.inb.spare_for(want)) {
-            Ok(0) => {
-                self.end = Some(if self.inb.len() == 0 {
-                    End::Eof
-                } else {
-                    End::Io(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!(
-                            "connection closed {} bytes into a {want}-byte request",
-                            self.inb.len()
-                        ),
-                    ))
-                });
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => self.end = Some(End::Io(e)),
+    /// Bytes the next request needs buffered: its header, and for a WRITE
+    /// its payload too (a WRITE too large to read counts as its header
+    /// alone: `run_buffered` refuses it as soon as the header is there).
+    fn next_need(&self) -> usize {
+        let Some(head) = self.inb.bytes().get(..REQUEST_HEADER_LEN) else {
+            return REQUEST_HEADER_LEN;
+        };
+        let h = RequestHeader::parse(head.try_into().expect("28 bytes"));
+        if h.magic == NBD_REQUEST_MAGIC && h.command == NBD_CMD_WRITE && h.length <= MAX_BLOCK_SIZE
+        {
+            REQUEST_HEADER_LEN + h.length as usize
+        } else {
+            REQUEST_HEADER_LEN
+        }
+    }
+
+    /// Why the stream ended: cleanly between requests, or inside one.
+    fn eof(&self, need: usize) -> End {
+        if self.inb.len() == 0 {
+            End::Eof
+        } else {
+            End::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "connection closed {} bytes into a {need}-byte request",
+                    self.inb.len()
+                ),
+            ))
         }
     }
 
@@ -229,7 +241,7 @@ impl<S: Socket> Conn<S> {
                 });
                 count += 1;
             }
-            let mut n = match self.sock.try_write_slices(&slices[..count]) {
+            let mut n = match self.wr.try_write_slices(&slices[..count]) {
                 Ok(0) => {
                     return Err(io::Error::new(
                         io::ErrorKind::WriteZero,
@@ -262,7 +274,6 @@ impl<S: Socket> Conn<S> {
     fn run_buffered(&mut self) {
         let mut ran = 0;
         while self.end.is_none() && self.units < BUDGET && ran < RUN_BEFORE_WRITE {
-            self.want = REQUEST_HEADER_LEN;
             let Some(head) = self.inb.bytes().get(..REQUEST_HEADER_LEN) else {
                 return;
             };
@@ -291,8 +302,7 @@ impl<S: Socket> Conn<S> {
             } else {
                 0
             };
-            self.want = REQUEST_HEADER_LEN + payload_len;
-            if self.inb.len() < self.want {
+            if self.inb.len() < REQUEST_HEADER_LEN + payload_len {
                 return;
             }
             self.inb.take_array::<REQUEST_HEADER_LEN>();

@@ -599,6 +599,41 @@ fn many_requests_in_flight_are_answered_by_handle() {
     srv.stop().expect("clean stop");
 }
 
+/// A burst whose 32nd request is a WRITE, then a READ: the READ is
+/// already buffered when the server stops to send a batch, and must be
+/// served without the client sending anything more.
+#[test]
+fn request_after_a_batch_ending_in_a_write_is_served() {
+    let data = pattern(1 << 20, 6);
+    let e = Arc::new(MemoryExport::from_bytes(&data));
+    let srv = TestServer::start(vec![ExportConfig::new("m", e)]);
+    let mut c = Raw::connect_go(&srv.socket, "m", false, false);
+    let mut burst = Vec::new();
+    for i in 0..31u64 {
+        burst.extend_from_slice(&Raw::request_bytes(0, NBD_CMD_READ, i, i * 512, 512));
+    }
+    burst.extend_from_slice(&Raw::request_bytes(0, NBD_CMD_WRITE, 31, 900_000, 8192));
+    burst.extend_from_slice(&[7u8; 8192]);
+    burst.extend_from_slice(&Raw::request_bytes(0, NBD_CMD_READ, 32, 0, 16));
+    c.send(&burst);
+    let mut seen = [false; 33];
+    for _ in 0..33 {
+        let (err, handle) = c.simple_reply();
+        assert_eq!(err, 0);
+        match handle {
+            31 => {}
+            32 => assert_eq!(c.read_n(16), data[..16]),
+            h => assert_eq!(
+                c.read_n(512),
+                data[h as usize * 512..h as usize * 512 + 512]
+            ),
+        }
+        seen[handle as usize] = true;
+    }
+    assert!(seen.iter().all(|&s| s));
+    srv.stop().expect("clean stop");
+}
+
 #[test]
 fn broken_clients_lose_only_their_own_connection() {
     let data = pattern(1 << 20, 4);
