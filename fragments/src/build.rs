@@ -740,7 +740,10 @@ fn cvs_of_file(file: &File, offset: u64, len: u64, path: &Path) -> Result<Vec<Cv
 
 /// Compresses the logical data region held in `scratch` into `out_file` at
 /// `offset` (index + frames, padded); returns the stored length.
-fn compress_file_region(
+///
+/// Public so that update hydration (crate `update`) lays out a compressed
+/// region with exactly the builder's code, byte for byte.
+pub fn compress_file_region(
     scratch: &File,
     logical: u64,
     out_file: &File,

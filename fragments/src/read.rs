@@ -373,6 +373,39 @@ impl Fragment {
         Ok(())
     }
 
+    /// Checks bytes obtained elsewhere (e.g. through a memory map of this
+    /// fragment's file) as whole stored blocks `first..` of `region`
+    /// against the signed block hashes. `data` is a multiple of 4096 bytes.
+    pub fn check_blocks(&self, region: u32, first: u64, data: &[u8]) -> Result<()> {
+        let r = self.region(region).filter(|r| r.kind != RegionKind::Hashes);
+        let last = first.checked_add((data.len() / BLOCK) as u64);
+        let (r, last) = match (r, last) {
+            (Some(r), Some(last)) if last <= r.blocks() && data.len().is_multiple_of(BLOCK) => {
+                (r, last)
+            }
+            _ => {
+                return Err(Error::OutOfRange {
+                    path: self.path.clone(),
+                    region,
+                    offset: first.saturating_mul(BLOCK_SIZE),
+                    len: data.len() as u64,
+                    size: r.map_or(0, |r| r.stored_len),
+                })
+            }
+        };
+        let cvs = &self.region_cvs(region)[first as usize..last as usize];
+        match verify_blocks(first, data, cvs) {
+            None => Ok(()),
+            Some(bad) => Err(Error::BlockMismatch {
+                path: self.path.clone(),
+                region,
+                kind: r.kind,
+                block: first + bad,
+                file_offset: r.file_offset + (first + bad) * BLOCK_SIZE,
+            }),
+        }
+    }
+
     /// Reads verified *logical* bytes of a data or small-data region
     /// (decompressing verified frames for compressed regions).
     pub fn read_region(&self, region: u32, offset: u64, buf: &mut [u8]) -> Result<()> {
