@@ -11,6 +11,8 @@
 #   vmlinuz, initrd.img   the kernel, and an initramfs (busybox + virtio/ext4
 #                         modules and their dependencies) that mounts
 #                         /dev/vda and switches root to it
+#   vmlinux               the same kernel decompressed (PVH entry), which
+#                         boots ~5 s faster under TCG
 #   trees/{base,modules,app}/    the fragments' directory trees
 #   base.frag      static busybox (+ applet links), /etc, /sbin/init; owns /
 #   modules.frag   /lib/modules/KVER (the initramfs set + loop, overlay,
@@ -247,6 +249,34 @@ normalize "$a"
 
 install -m 0644 "$kroot/boot/vmlinuz-$kver" "$out/vmlinuz.tmp"
 mv "$out/vmlinuz.tmp" "$out/vmlinuz"
+# The same kernel decompressed: an ELF that qemu -kernel starts at its PVH
+# entry point, sparing the guest the bzImage's xz decompression (~5 s of a
+# ~11 s boot under TCG). Made when the kernel has CONFIG_PVH and xz is
+# installed; qemu.sh prefers it (--bzimage boots vmlinuz instead).
+# extract_vmlinux BZIMAGE OUT: the payload (setup header fields
+# payload_offset/payload_length; its last 4 bytes are the decompressed size).
+extract_vmlinux() {
+    local f=$1 setup po pl size
+    setup=$((($(od -An -t u1 -j $((0x1f1)) -N 1 "$f") + 1) * 512))
+    po=$(od -An -t u4 -j $((0x248)) -N 4 "$f")
+    pl=$(od -An -t u4 -j $((0x24c)) -N 4 "$f")
+    size=$(od -An -t u4 -j $((setup + po + pl - 4)) -N 4 "$f")
+    [ "$(od -An -t x1 -j $((setup + po)) -N 6 "$f")" = " fd 37 7a 58 5a 00" ] || return 1
+    dd if="$f" iflag=skip_bytes,count_bytes skip=$((setup + po)) count=$((pl - 4)) status=none |
+        xz -dc >"$2.tmp" || return 1
+    [ "$(stat -c %s "$2.tmp")" = $((size)) ] || return 1
+    [ "$(od -An -c -N 4 "$2.tmp")" = " 177   E   L   F" ] || return 1
+    mv "$2.tmp" "$2"
+}
+rm -f "$out/vmlinux"
+if ! grep -q '^CONFIG_PVH=y' "$kroot/boot/config-$kver"; then
+    say "kernel $kver has no PVH entry: booting the bzImage (vmlinuz)"
+elif ! command -v xz >/dev/null 2>&1; then
+    say "xz is missing (apt-get install xz-utils): booting the bzImage (vmlinuz), ~5 s slower"
+elif ! extract_vmlinux "$out/vmlinuz" "$out/vmlinux"; then
+    rm -f "$out/vmlinux.tmp"
+    say "could not decompress $out/vmlinuz (not xz?): booting the bzImage"
+fi
 i=$out/initramfs.d
 mkdir -p "$i/bin" "$i/lib/modules" "$i/dev" "$i/proc" "$i/sys" "$i/newroot"
 install -m 0755 "$busybox" "$i/bin/busybox"
@@ -296,4 +326,4 @@ free = "256MiB"
 path = "root.overlay"
 EOF
 "$mosaic" volume check "$out/volume.toml" >/dev/null || die "mosaic volume check $out/volume.toml failed"
-say "ready in $out: vmlinuz initrd.img base.frag modules.frag app.frag volume.toml (kernel $kver)"
+say "ready in $out: vmlinuz$([ -f "$out/vmlinux" ] && echo ' vmlinux') initrd.img base.frag modules.frag app.frag volume.toml (kernel $kver)"

@@ -15,6 +15,9 @@
 #   --kvm            use KVM instead of TCG (TCG is the default: a KVM guest
 #                    hung on some machines)
 #   --verbose        kernel messages on the console (no "quiet")
+#   --bzimage        boot vmlinuz (the kernel as Debian ships it, decompressing
+#                    itself) even when build.sh made vmlinux (the same kernel
+#                    decompressed, started at its PVH entry: ~5 s faster)
 #   --memory SIZE    guest memory (default 512M)
 #   -- ARGS...       more qemu arguments
 #
@@ -25,7 +28,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
 out=$here/out
-socket= export_name=root image= steps=shell batch= accel=tcg quiet=quiet memory=512M
+socket= export_name=root image= steps=shell batch= accel=tcg quiet=quiet memory=512M bzimage=
 usage() {
     sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
     exit 2
@@ -40,6 +43,7 @@ while [ $# -gt 0 ]; do
     --batch) batch=1; shift ;;
     --kvm) accel=kvm; shift ;;
     --verbose) quiet=; shift ;;
+    --bzimage) bzimage=1; shift ;;
     --memory) memory=${2:?--memory SIZE}; shift 2 ;;
     --) shift; break ;;
     -h | --help) usage ;;
@@ -55,7 +59,9 @@ else
     echo "qemu.sh: give exactly one of --nbd SOCKET and --image FILE" >&2
     exit 2
 fi
-for f in "$out/vmlinuz" "$out/initrd.img"; do
+kernel=$out/vmlinux
+[ -z "$bzimage" ] && [ -f "$kernel" ] || kernel=$out/vmlinuz
+for f in "$kernel" "$out/initrd.img"; do
     [ -f "$f" ] || { echo "qemu.sh: $f is missing: run vm-images/build.sh first" >&2; exit 2; }
 done
 command -v qemu-system-x86_64 >/dev/null 2>&1 ||
@@ -69,7 +75,7 @@ fi
 exec qemu-system-x86_64 \
     -nodefaults -no-user-config -no-reboot \
     -accel "$accel" -m "$memory" -smp 1 \
-    -kernel "$out/vmlinuz" -initrd "$out/initrd.img" \
+    -kernel "$kernel" -initrd "$out/initrd.img" \
     -append "console=ttyS0 root=/dev/vda rootfstype=ext4 rootflags=rw panic=-1 $quiet mosaic.steps=$steps" \
     -drive "$drive" \
     "${console[@]}" \
