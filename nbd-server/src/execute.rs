@@ -52,16 +52,23 @@ pub(crate) fn execute(
             let r = if data.is_empty() {
                 Ok(())
             } else {
-                export.write_at(offset, &data, fua)
+                export
+                    .write_at(offset, &data, fua)
+                    .map_err(|e| strict(e, false, false))
             };
             status(handle, mode, r, Some((offset, data.len() as u64)))
         }
-        Command::Flush => status(handle, mode, export.flush(), None),
+        Command::Flush => {
+            let r = export.flush().map_err(|e| strict(e, false, false));
+            status(handle, mode, r, None)
+        }
         Command::Trim { offset, len, fua } => {
             let r = if len == 0 {
                 Ok(())
             } else {
-                export.trim(offset, u64::from(len), fua)
+                export
+                    .trim(offset, u64::from(len), fua)
+                    .map_err(|e| strict(e, false, false))
             };
             status(handle, mode, r, Some((offset, u64::from(len))))
         }
@@ -69,7 +76,9 @@ pub(crate) fn execute(
             let r = if len == 0 {
                 Ok(())
             } else {
-                export.cache(offset, u64::from(len))
+                export
+                    .cache(offset, u64::from(len))
+                    .map_err(|e| strict(e, false, false))
             };
             status(handle, mode, r, Some((offset, u64::from(len))))
         }
@@ -83,7 +92,9 @@ pub(crate) fn execute(
             let r = if len == 0 {
                 Ok(())
             } else {
-                export.write_zeroes(offset, u64::from(len), may_trim, fast_only, fua)
+                export
+                    .write_zeroes(offset, u64::from(len), may_trim, fast_only, fua)
+                    .map_err(|e| strict(e, fast_only, false))
             };
             status(handle, mode, r, Some((offset, u64::from(len))))
         }
@@ -99,6 +110,20 @@ pub(crate) fn execute(
             }
         },
     }
+}
+
+/// Keeps to the errors the spec allows for a request: `ENOTSUP` only for a
+/// FAST_ZERO write-zeroes, `EOVERFLOW` only for a DF read. Any other use
+/// by the export becomes `EINVAL` (the message keeps what it said).
+fn strict(mut e: ExportError, notsup_ok: bool, overflow_ok: bool) -> ExportError {
+    let name = match e.errno {
+        Errno::NotSup if !notsup_ok => "ENOTSUP",
+        Errno::Overflow if !overflow_ok => "EOVERFLOW",
+        _ => return e,
+    };
+    e.errno = Errno::Inval;
+    e.message = format!("{} (the export answered {name})", e.message);
+    e
 }
 
 /// The reply to a command without payload.
@@ -270,7 +295,10 @@ fn read(
         let total = SIMPLE_REPLY_HEADER_LEN + n;
         let mut buf = pool.get(total);
         buf[..SIMPLE_REPLY_HEADER_LEN].copy_from_slice(&simple_reply(0, handle));
-        return match export.read_at(offset, &mut buf[SIMPLE_REPLY_HEADER_LEN..total]) {
+        let r = export
+            .read_at(offset, &mut buf[SIMPLE_REPLY_HEADER_LEN..total])
+            .map_err(|e| strict(e, false, false));
+        return match r {
             Ok(()) => Ok(Out { buf, len: total }),
             Err(e) => {
                 pool.put(buf);
@@ -316,7 +344,10 @@ fn read(
             continue;
         }
         let data = &mut buf[pos..pos + s.len as usize];
-        if let Err(e) = export.read_at(s.offset, data) {
+        if let Err(e) = export
+            .read_at(s.offset, data)
+            .map_err(|e| strict(e, false, df))
+        {
             // The failed chunk is never sent: the chunks before it stand,
             // then the error.
             let mut out = Vec::with_capacity(last + 64 + e.message.len());
@@ -353,7 +384,9 @@ fn block_status(
     /// less than asked; clients ask again from where the answer ends).
     const MAX_DESCRIPTORS: usize = 64 * 1024;
     let end = offset + u64::from(len);
-    let extents = export.block_status(offset, u64::from(len))?;
+    let extents = export
+        .block_status(offset, u64::from(len))
+        .map_err(|e| strict(e, false, false))?;
     let mut descs: Vec<(u32, u32)> = Vec::new();
     let mut pos = offset;
     for Extent {
@@ -458,6 +491,22 @@ mod tests {
                 len: 4095,
                 hole: false
             }]
+        );
+    }
+
+    #[test]
+    fn notsup_only_for_fast_zero() {
+        let e = || ExportError::new(Errno::NotSup, "slow");
+        assert_eq!(strict(e(), true, false).errno, Errno::NotSup);
+        let mapped = strict(e(), false, false);
+        assert_eq!(mapped.errno, Errno::Inval);
+        assert!(mapped.message.contains("ENOTSUP"));
+        let o = || ExportError::new(Errno::Overflow, "big");
+        assert_eq!(strict(o(), false, true).errno, Errno::Overflow);
+        assert_eq!(strict(o(), false, false).errno, Errno::Inval);
+        assert_eq!(
+            strict(ExportError::new(Errno::Io, "x"), false, false).errno,
+            Errno::Io
         );
     }
 
