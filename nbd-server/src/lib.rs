@@ -34,7 +34,13 @@
 //!   FUA everywhere; errors as the spec asks (EINVAL, EPERM, ENOSPC, EIO
 //!   with `ERROR_OFFSET` when the export names the failing offset).
 //! - Many requests in flight per connection, answered as they complete;
-//!   memory per connection is bounded (about 64 MiB of payload).
+//!   memory per connection is bounded (about 64 MiB of requests and replies
+//!   in flight, 32 MiB of reply buffers kept for reuse).
+//! - Listeners: Unix sockets (the file appears only once it accepts, and is
+//!   removed at shutdown; a stale one is replaced, a live one or a non-socket
+//!   refused) and TCP (`TCP_NODELAY`). Under socket activation (`LISTEN_PID`
+//!   naming this process, `LISTEN_FDS`) the inherited sockets are served and
+//!   the configured listeners ignored.
 //! - A client that breaks the protocol loses its own connection only; every
 //!   connection's trouble is logged with `tracing` (connection id, peer,
 //!   export, what).

@@ -17,11 +17,18 @@ const MAX_KEPT_SHIFT: u32 = 24;
 const KEPT_BYTES_PER_CLASS: usize = 16 << 20;
 /// Buffers kept per class at most.
 const KEPT_COUNT_PER_CLASS: usize = 64;
+/// Bytes kept in all classes together (per connection).
+const KEPT_BYTES_TOTAL: usize = 32 << 20;
 
 const CLASSES: usize = (MAX_KEPT_SHIFT - MIN_CLASS_SHIFT + 1) as usize;
 
 pub(crate) struct BufPool {
-    classes: Mutex<[Vec<Vec<u8>>; CLASSES]>,
+    inner: Mutex<Kept>,
+}
+
+struct Kept {
+    classes: [Vec<Vec<u8>>; CLASSES],
+    bytes: usize,
 }
 
 fn class_of(len: usize) -> (u32, usize) {
@@ -36,7 +43,10 @@ fn class_of(len: usize) -> (u32, usize) {
 impl BufPool {
     pub(crate) fn new() -> BufPool {
         BufPool {
-            classes: Mutex::new(std::array::from_fn(|_| Vec::new())),
+            inner: Mutex::new(Kept {
+                classes: std::array::from_fn(|_| Vec::new()),
+                bytes: 0,
+            }),
         }
     }
 
@@ -45,9 +55,12 @@ impl BufPool {
     pub(crate) fn get(&self, len: usize) -> Vec<u8> {
         let (shift, class) = class_of(len);
         if shift <= MAX_KEPT_SHIFT {
-            if let Some(buf) = self.lock()[class].pop() {
+            let mut kept = self.lock();
+            if let Some(buf) = kept.classes[class].pop() {
+                kept.bytes -= buf.len();
                 return buf;
             }
+            drop(kept);
             // calloc: large sizes come as fresh zero pages, faulted lazily.
             return vec![0u8; 1 << shift];
         }
@@ -65,16 +78,17 @@ impl BufPool {
             return;
         }
         let keep = (KEPT_BYTES_PER_CLASS >> shift).clamp(1, KEPT_COUNT_PER_CLASS);
-        let mut classes = self.lock();
-        if classes[class].len() < keep {
-            classes[class].push(buf);
+        let mut kept = self.lock();
+        if kept.classes[class].len() < keep && kept.bytes + len <= KEPT_BYTES_TOTAL {
+            kept.bytes += len;
+            kept.classes[class].push(buf);
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, [Vec<Vec<u8>>; CLASSES]> {
-        // The lists hold plain buffers: a panic elsewhere cannot leave them
-        // inconsistent.
-        self.classes.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Kept> {
+        // The lists hold plain buffers and a byte count updated with them:
+        // a panic elsewhere cannot leave them inconsistent.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -99,5 +113,22 @@ mod tests {
         // Small odd buffers are not taken.
         pool.put(vec![0u8; 16]);
         assert_eq!(pool.get(1).len(), 8192);
+    }
+
+    #[test]
+    fn total_kept_is_bounded() {
+        let pool = BufPool::new();
+        let bufs: Vec<Vec<u8>> = (0..4).map(|_| pool.get(16 << 20)).collect();
+        for b in bufs {
+            pool.put(b);
+        }
+        // One 16 MiB buffer per class at most, 32 MiB in all.
+        assert_eq!(pool.lock().bytes, 16 << 20);
+        let small: Vec<Vec<u8>> = (0..64).map(|_| pool.get(1 << 20)).collect();
+        for b in small {
+            pool.put(b);
+        }
+        assert!(pool.lock().bytes <= KEPT_BYTES_TOTAL);
+        assert_eq!(pool.lock().bytes, KEPT_BYTES_TOTAL);
     }
 }

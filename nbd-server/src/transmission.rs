@@ -19,6 +19,10 @@
 //! write system call for many requests; at queue depth 1 a request costs
 //! one wakeup, one read and one write, with no hand-over between tasks.
 //!
+//! The price of running short requests here: replies batched in one round
+//! wait for that round's last short request, and one connection's short
+//! requests use one core at a time (connections run in parallel).
+//!
 //! Replies go out in completion order, matched to requests by handle. A
 //! budget (requests and bytes in flight) stops reading while replies do not
 //! drain, so memory stays bounded. Reading stops at NBD_CMD_DISC, end of
