@@ -106,6 +106,39 @@ fn export_name_with_zeroes_and_unknown_name_closes() {
 }
 
 #[test]
+fn structured_replies_apply_after_export_name_too() {
+    let (_, _, exports) = two_exports();
+    let srv = TestServer::start(exports);
+    let mut c = srv.connect();
+    c.greet(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
+    c.option(NBD_OPT_STRUCTURED_REPLY, &[]);
+    assert_eq!(c.opt_reply().reply_type, NBD_REP_ACK);
+    c.option(NBD_OPT_EXPORT_NAME, b"second");
+    assert_eq!(c.u64(), 64 * 1024);
+    assert_eq!(c.u16(), RW_FLAGS | NBD_FLAG_READ_ONLY | NBD_FLAG_SEND_DF);
+    assert_eq!(c.read_structured(1, 0, 4), [1, 2, 3, 4]);
+    srv.stop().expect("clean stop");
+}
+
+#[test]
+fn maximum_size_write_and_unfragmented_read() {
+    let e = Arc::new(MemoryExport::new(40 << 20));
+    let srv = TestServer::start(vec![ExportConfig::new("big", e.clone())]);
+    let mut c = Raw::connect_go(&srv.socket, "big", true, false);
+    let data = pattern(MAX_BLOCK_SIZE as usize, 99);
+    c.write(NBD_CMD_FLAG_FUA, 1, 4096, &data);
+    assert_eq!(c.simple_reply(), (0, 1));
+    c.request(NBD_CMD_FLAG_DF, NBD_CMD_READ, 2, 4096, MAX_BLOCK_SIZE);
+    let chunks = c.structured_reply();
+    assert_eq!(chunks.len(), 1);
+    assert_eq!(chunks[0].reply_type, NBD_REPLY_TYPE_OFFSET_DATA);
+    assert_eq!(chunks[0].u64_at(0), 4096);
+    assert!(chunks[0].payload[8..] == data[..]);
+    assert!(e.to_vec()[4096..4096 + data.len()] == data[..]);
+    srv.stop().expect("clean stop");
+}
+
+#[test]
 fn unknown_client_flags_close_the_connection() {
     let (_, _, exports) = two_exports();
     let srv = TestServer::start(exports);
