@@ -13,6 +13,7 @@
 #   bench/vm-boot.sh [RUNS]           # default 7 counted runs of each
 #   bench/vm-boot.sh 7 --kvm          # extra arguments go to vm-images/qemu.sh
 #   KEEP=1 bench/vm-boot.sh           # keep the work directory
+#   MOSAIC=path/to/mosaic bench/vm-boot.sh   # that binary (default: cargo build --release)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-7}
@@ -22,8 +23,12 @@ qemu_extra=("$@")
 command -v qemu-system-x86_64 >/dev/null 2>&1 || {
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 >/dev/null
 }
-cargo build --release -q
-bin=$PWD/target/release/mosaic
+if [ -n "${MOSAIC:-}" ]; then
+    bin=$(realpath "$MOSAIC")
+else
+    cargo build --release -q
+    bin=$PWD/target/release/mosaic
+fi
 work=$(mktemp -d /tmp/mosaic-vm-boot.XXXXXX)
 server=
 cleanup() {
@@ -56,6 +61,11 @@ start_server() {
     exit 1
 }
 stop_server() {
+    # CPU time the server used for the boot (user + system clock ticks).
+    local stat
+    stat=$(cat "/proc/$server/stat")
+    stat=${stat##*) }
+    echo "$stat" | awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f\n", ($12 + $13) / hz }' >"$work/server-cpu"
     kill -TERM "$server"
     wait "$server"
     server=
@@ -82,24 +92,26 @@ boot() {
 }
 
 run_mosaic() {
+    local r
     start_server
-    boot --nbd "$work/nbd.sock" --export root
+    r=$(boot --nbd "$work/nbd.sock" --export root)
     stop_server
+    echo "$r $(cat "$work/server-cpu")"
 }
 run_file() {
     cp --sparse=always "$work/base.raw" "$work/run.raw"
-    boot --image "$work/run.raw"
+    echo "$(boot --image "$work/run.raw") -"
 }
 
 echo "warm-up: mosaic $(run_mosaic | cut -d' ' -f1) s, file $(run_file | cut -d' ' -f1) s"
-printf '%-4s %-7s %10s %12s %10s\n' run source booted_s guest_uptime exit_s
+printf '%-4s %-7s %10s %12s %10s %12s\n' run source booted_s guest_uptime exit_s server_cpu_s
 : >"$work/results"
 for i in $(seq "$runs"); do
     if [ $((i % 2)) = 1 ]; then order="mosaic file"; else order="file mosaic"; fi
     for src in $order; do
         r=$(run_"$src")
-        echo "$src $r" >>"$work/results"
-        printf '%-4s %-7s %10s %12s %10s\n' "$i" "$src" $r
+        echo "$src $r $i" >>"$work/results"
+        printf '%-4s %-7s %10s %12s %10s %12s\n' "$i" "$src" $r
     done
 done
 median() { # SOURCE COLUMN
@@ -112,3 +124,12 @@ echo
 echo "median time to 'booted': mosaic (NBD) ${m_boot} s, file ${f_boot} s;" \
     "ratio $(awk -v a="$m_boot" -v b="$f_boot" 'BEGIN { printf "%.3f", a / b }')"
 echo "median guest uptime at 'booted': mosaic ${m_up} s, file ${f_up} s"
+# Each run's pair (the two boots run back to back) as a ratio: less exposed
+# to load that changes over minutes.
+pairs=$(awk '$1 == "mosaic" { m[$6] = $2 } $1 == "file" { f[$6] = $2 }
+    END { for (i in m) printf "%.3f\n", m[i] / f[i] }' "$work/results" | sort -g |
+    awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+echo "median of the per-run ratios mosaic/file: $pairs"
+echo "fastest boot: mosaic $(awk '$1 == "mosaic" { print $2 }' "$work/results" | sort -g | head -n 1) s," \
+    "file $(awk '$1 == "file" { print $2 }' "$work/results" | sort -g | head -n 1) s"
+echo "median CPU time of mosaic serve per boot: $(median mosaic 5) s"
