@@ -231,7 +231,7 @@ fn two_guests_share_fragments_with_separate_overlays() {
     // the app fragment's payload byte for byte.
     let copy = dir.path().join("a-while-running.raw");
     run_ok("nbdcopy", [server.uri("a").as_ref(), copy.as_os_str()]);
-    let payload = fs::read(fx.out.join("trees/app/usr/share/mosaic-app/payload.txt")).unwrap();
+    let payload = fx.payload();
     assert!(
         debugfs(&copy, "cat /usr/share/mosaic-app/payload.txt") == payload,
         "the payload read from the copy of export a differs from the app tree's"
@@ -293,7 +293,7 @@ fn tampered_fragment_fails_the_guests_read() {
     }
     // The payload is stored verbatim (uncompressed, 4 KiB-aligned) in the
     // app fragment's data region: flip a byte in its second block.
-    let payload = fs::read(fx.out.join("trees/app/usr/share/mosaic-app/payload.txt")).unwrap();
+    let payload = fx.payload();
     let app = dir.path().join("app.frag");
     let mut bytes = fs::read(&app).unwrap();
     let at = bytes

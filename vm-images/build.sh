@@ -59,6 +59,7 @@ need apt-cache apt
 need dpkg-deb dpkg
 need cpio cpio
 need sha256sum coreutils
+need flock util-linux
 
 mosaic=${MOSAIC:-$repo/target/release/mosaic}
 if [ ! -x "$mosaic" ]; then
@@ -71,6 +72,9 @@ fi
 # Downloads: Debian packages, cached; apt-get update only when needed.
 
 mkdir -p "$cache/debs" "$cache/unpacked"
+# One build at a time fetches into the cache (tests and users may run at once).
+exec 8>"$cache/.lock"
+flock 8
 apt_opts=()
 [ "$(id -u)" = 0 ] && apt_opts+=(-o APT::Sandbox::User=root)
 updated=
@@ -143,6 +147,8 @@ bbver=$(dpkg-deb -f "$bdeb" Version)
 kdebver=$(dpkg-deb -f "$kdeb" Version)
 say "kernel $kver ($(basename "$kdeb")), busybox $bbver"
 
+exec 8>&-
+
 # ---------------------------------------------------------------------------
 # Kernel modules: name -> path, and dependency order.
 
@@ -183,6 +189,11 @@ done
 
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
+# One build at a time writes OUT; every output but trees/ is replaced by a
+# rename, and is byte-identical when the inputs are, so a VM or a server
+# using OUT meanwhile keeps working.
+exec 9>"$out/.lock"
+flock 9
 trees=$out/trees
 rm -rf "$trees" "$out/initramfs.d"
 mkdir -p "$trees"

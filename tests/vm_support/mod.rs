@@ -187,6 +187,17 @@ impl Fixture {
     pub fn trust(&self) -> PathBuf {
         self.out.join("lab.key.pub")
     }
+    /// The app fragment's payload (`mosaic fragment cat`), which the guest
+    /// reads and checks at every boot.
+    pub fn payload(&self) -> Vec<u8> {
+        mosaic_ok([
+            "fragment".as_ref(),
+            "cat".as_ref(),
+            self.fragment("app").as_os_str(),
+            "/usr/share/mosaic-app/payload.txt".as_ref(),
+        ])
+        .stdout
+    }
 }
 
 /// The fragments the recipe builds, in manifest order.
