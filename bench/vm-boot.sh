@@ -73,7 +73,7 @@ stop_server() {
 
 # boot DRIVE-ARGS...: prints "SECONDS_TO_BOOTED GUEST_UPTIME SECONDS_TO_EXIT".
 boot() {
-    local t0 line booted= uptime=
+    local t0 line booted='' uptime=''
     t0=$(date +%s%N)
     while IFS= read -r line; do
         case "$line" in
@@ -111,6 +111,7 @@ for i in $(seq "$runs"); do
     for src in $order; do
         r=$(run_"$src")
         echo "$src $r $i" >>"$work/results"
+        # shellcheck disable=SC2086 # $r is four columns
         printf '%-4s %-7s %10s %12s %10s %12s\n' "$i" "$src" $r
     done
 done

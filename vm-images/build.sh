@@ -101,7 +101,8 @@ cached_deb() {
 }
 # unpacked DEB: DEB unpacked (dpkg-deb -x) once into the cache; prints the directory.
 unpacked() {
-    local dir="$cache/unpacked/$(basename "$1" .deb)"
+    local dir
+    dir="$cache/unpacked/$(basename "$1" .deb)"
     if [ ! -e "$dir/.done" ]; then
         rm -rf "$dir" "$dir.tmp"
         dpkg-deb -x "$1" "$dir.tmp" || die "dpkg-deb -x $1 failed"

@@ -28,7 +28,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
 out=$here/out
-socket= export_name=root image= steps=shell batch= accel=tcg quiet=quiet memory=512M bzimage=
+socket='' export_name=root image='' steps=shell batch='' accel=tcg quiet=quiet memory=512M bzimage=''
 usage() {
     sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
     exit 2
@@ -70,6 +70,7 @@ command -v qemu-system-x86_64 >/dev/null 2>&1 ||
 if [ -n "$batch" ]; then
     console=(-display none -monitor none -serial stdio)
 else
+    # shellcheck disable=SC2054 # commas belong to qemu's option syntax
     console=(-display none -chardev stdio,id=con,mux=on,signal=off -serial chardev:con -mon chardev=con)
 fi
 exec qemu-system-x86_64 \

@@ -21,7 +21,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
 
 out=$here/out
-fresh= qemu_opts=() steps=shell
+fresh='' qemu_opts=() steps=shell
 while [ $# -gt 0 ]; do
     case "$1" in
     --out) out=${2:?--out DIR}; shift 2 ;;
