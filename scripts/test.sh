@@ -28,6 +28,7 @@ declare -A PKG=(
   [cpio]=cpio
   [dpkg-deb]=dpkg
   [apt-get]=apt
+  [xz]=xz-utils
 )
 missing=()
 for tool in "${!PKG[@]}"; do
