@@ -6,6 +6,7 @@
 mod cmd_demo;
 mod cmd_fragment;
 mod cmd_serve;
+mod cmd_update;
 mod cmd_volume;
 mod util;
 
@@ -46,6 +47,10 @@ enum Command {
     /// Inspect or reset a volume's overlay
     #[command(subcommand)]
     Overlay(cmd_serve::OverlayCmd),
+    /// Update fragments: signed packages of forward differentials against a
+    /// base; reverse differentials kept beside each hydrated fragment
+    #[command(subcommand)]
+    Update(cmd_update::UpdateCmd),
     /// Build demo fragments, merge them into a volume and serve it on
     /// DIR/nbd.sock and 127.0.0.1:10809
     Demo {
@@ -74,6 +79,7 @@ fn main() -> ExitCode {
         Command::Volume(c) => cmd_volume::run(c),
         Command::Serve(a) => cmd_serve::run_serve(a),
         Command::Overlay(c) => cmd_serve::run_overlay(c),
+        Command::Update(c) => cmd_update::run(c),
         Command::Demo {
             dir,
             no_serve,

@@ -1,0 +1,1304 @@
+//! The device side: hydrate R from the fragment a device has (N), its
+//! reverse differentials (N -> B) and R's package (B -> R).
+//!
+//! ```text
+//! 1. package: signature, trust, manifest          (refused: exit 1)
+//! 2. base view: N is B, or N + N.frag.rev -> B    (another base: refused)
+//! 3. R's metadata: B's metadata + delta           (checked: output hash)
+//! 4. per content of R, in parallel:
+//!      base content (N, or N + reverse delta)     check: input hash
+//!      forward differential                       check: its hash, output hash
+//!      write it where R's extents say
+//!      reverse differential R -> B (inline, for deltas)
+//!    every failure recorded, the rest goes on
+//! 5. repair every recorded item from --repair-source (the full R), or fail
+//!    naming every file
+//! 6. regions (compressed exactly as the builder does), hash region, R's
+//!    signed header; open with the trusted keys, verify every block
+//! 7. the remaining reverse differentials, from the verified R
+//! 8. fsync, rename R.frag.rev then R.frag
+//! ```
+
+use crate::blob::{Blob, BlobSink, PIECE};
+use crate::codec::{decode, Encoder};
+use crate::content::{metadata_bytes, path_string, Contents, Reader};
+use crate::error::{CorruptItem, Error, Result};
+use crate::package::{Package, PackageTrust, Piece, PieceKind};
+use crate::rev::{self, Entry, RevFile, RevPayload, Source, Table};
+use crate::wire::{hex, Hash};
+use crate::{dir_of, sync_dir, Spool};
+use fragments::format::HEADER_SIZE as FRAG_HEADER;
+use fragments::hash::block_cv;
+use fragments::{
+    Encoding, Fragment, Header, Metadata, Progress, RegionKind, Trust, VerifyingKey, BLOCK_SIZE,
+};
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// How to apply.
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// Reverse differentials of the fragment (default: FRAGMENT.rev).
+    pub reverse: Option<PathBuf>,
+    /// The full, signed target fragment to repair from.
+    pub repair_source: Option<PathBuf>,
+    /// zstd level of the reverse differentials computed here.
+    pub rev_level: i32,
+    /// Contents larger than this are held in scratch files, not memory.
+    pub mem_limit: u64,
+    /// Largest base window one reverse frame refers to.
+    pub window_max: u64,
+    /// Read the hydrated fragment back once more and check every block
+    /// (`Fragment::verify_all`) after its signature and roots have been
+    /// checked. Redundant: the block hashes are computed from the bytes as
+    /// written, read back.
+    pub verify_all: bool,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions {
+            reverse: None,
+            repair_source: None,
+            rev_level: 1,
+            mem_limit: 64 << 20,
+            window_max: 64 << 20,
+            verify_all: false,
+        }
+    }
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ApplyReport {
+    pub output: PathBuf,
+    pub reverse_output: PathBuf,
+    pub base_id: String,
+    pub target_id: String,
+    /// The fragment applied to was the base itself.
+    pub from_base: bool,
+    pub contents: u64,
+    pub content_bytes: u64,
+    pub fragment_bytes: u64,
+    pub unchanged: u64,
+    pub copies: u64,
+    pub deltas: u64,
+    pub fulls: u64,
+    /// Items that failed and were repaired from the repair source.
+    pub repaired: Vec<CorruptItem>,
+    pub reverse_same: u64,
+    pub reverse_deltas: u64,
+    pub reverse_full: u64,
+    pub reverse_missing: u64,
+    pub reverse_bytes: u64,
+    pub warnings: Vec<String>,
+}
+
+/// How base contents are obtained on this device.
+enum Base<'a> {
+    /// The fragment is the base.
+    Direct { reader: Reader<'a> },
+    /// The fragment and its reverse differentials.
+    Rev { reader: Reader<'a>, rev: RevFile },
+    /// Nothing of the base can be had (why).
+    Unavailable(String),
+}
+
+struct BaseView<'a> {
+    base: Base<'a>,
+    /// The base's metadata and contents, when known.
+    meta: Option<(Metadata, Contents)>,
+    meta_bytes: Option<Vec<u8>>,
+    mem_limit: u64,
+    dir: PathBuf,
+}
+
+impl BaseView<'_> {
+    fn bpath(&self, bi: u32) -> String {
+        match &self.meta {
+            Some((m, _)) if (bi as usize) < m.inodes.len() => path_string(m, bi),
+            _ => format!("inode {bi}"),
+        }
+    }
+
+    /// A base content with its hash when this view vouches for it already.
+    fn get(&self, bi: u32) -> std::result::Result<(Blob, Option<Hash>), String> {
+        let (reader, rev) = match &self.base {
+            Base::Unavailable(why) => return Err(why.clone()),
+            Base::Direct { reader } => {
+                return reader
+                    .read(bi, self.mem_limit, &self.dir)
+                    .map(|b| (b, None))
+                    .map_err(|e| format!("base file {} unreadable: {e}", self.bpath(bi)));
+            }
+            Base::Rev { reader, rev } => (reader, rev),
+        };
+        let n_meta = reader.frag.metadata();
+        let e = rev.table.entry(bi).ok_or_else(|| {
+            format!(
+                "no reverse differential for base file {} in {}",
+                self.bpath(bi),
+                rev.path.display()
+            )
+        })?;
+        let read_n = |ni: u32| -> std::result::Result<Blob, String> {
+            if ni as usize >= n_meta.inodes.len() || n_meta.extents_of(ni).is_empty() {
+                return Err(format!(
+                    "reverse differential names inode {ni}, which holds no content"
+                ));
+            }
+            reader.read(ni, self.mem_limit, &self.dir).map_err(|err| {
+                format!(
+                    "file {} of {} is corrupt: {err}",
+                    path_string(n_meta, ni),
+                    reader.frag.path().display()
+                )
+            })
+        };
+        let decoded = |base: Option<&Blob>, p: &RevPayload| -> std::result::Result<Blob, String> {
+            let data = rev.payload(p)?;
+            let mut sink =
+                BlobSink::new(e.size, self.mem_limit, &self.dir).map_err(|x| x.to_string())?;
+            decode(
+                base,
+                &data,
+                &p.frames,
+                e.size,
+                rev.table.frame_size,
+                &mut sink,
+            )
+            .map_err(|x| format!("reverse differential does not decode: {x}"))?;
+            sink.finish().map_err(|x| x.to_string())
+        };
+        let blob = match &e.source {
+            Source::Missing => {
+                return Err(format!(
+                    "reverse differential for base file {} is missing (it could not be computed when {} was hydrated)",
+                    self.bpath(bi),
+                    reader.frag.path().display()
+                ))
+            }
+            // N's bytes are verified against N's signed block hashes and
+            // the table against its checksum: no second hash pass here
+            // (pieces that start from this content hash it, the input check).
+            Source::Same { inode } => return Ok((read_n(*inode)?, Some(e.hash))),
+            Source::Delta { inode, payload } => {
+                let n = read_n(*inode)?;
+                decoded(Some(&n), payload).map_err(|x| format!("base file {}: {x}", self.bpath(bi)))?
+            }
+            Source::Full { payload } => decoded(None, payload).map_err(|x| format!("base file {}: {x}", self.bpath(bi)))?,
+        };
+        let h = blob.hash().map_err(|x| x.to_string())?;
+        if h != e.hash || blob.len() != e.size {
+            return Err(format!(
+                "base file {} as reconstructed has blake3 {}, its reverse differential promises {}",
+                self.bpath(bi),
+                hex(&h),
+                hex(&e.hash)
+            ));
+        }
+        Ok((blob, Some(h)))
+    }
+}
+
+/// Where the logical bytes of each region of R are written.
+enum Target {
+    /// Raw region: in place in the output file, at this file offset.
+    Direct(u64),
+    /// Compressed region: logical bytes in a scratch file, compressed at the end.
+    Scratch(File),
+    None,
+}
+
+struct Output {
+    file: File,
+    path: PathBuf,
+    targets: Vec<Target>,
+}
+
+impl Output {
+    fn write_content(&self, meta: &Metadata, ri: u32, blob: &Blob) -> std::io::Result<()> {
+        for e in meta.extents_of(ri) {
+            let mut done = 0;
+            while done < e.len {
+                let n = PIECE.min(e.len - done);
+                let w = blob.window(e.file_offset + done, n)?;
+                let at = e.region_offset + done;
+                match &self.targets[e.region as usize] {
+                    Target::Direct(off) => self.file.write_all_at(&w, off + at)?,
+                    Target::Scratch(f) => f.write_all_at(&w, at)?,
+                    Target::None => {
+                        return Err(std::io::Error::other("extent in a region without data"))
+                    }
+                }
+                done += n;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Block CVs of `len` bytes of `file` at `offset`, region-relative.
+fn cvs_of(file: &File, offset: u64, len: u64) -> std::io::Result<Vec<[u8; 32]>> {
+    const STEP: u64 = 4 << 20;
+    let parts: Vec<std::io::Result<Vec<[u8; 32]>>> = (0..len)
+        .step_by(STEP as usize)
+        .collect::<Vec<_>>()
+        .par_iter()
+        .map(|&p| {
+            let n = STEP.min(len - p) as usize;
+            let mut b = vec![0u8; n];
+            file.read_exact_at(&mut b, offset + p)?;
+            Ok(b.chunks(BLOCK_SIZE as usize)
+                .enumerate()
+                .map(|(i, c)| block_cv(p + (i as u64) * BLOCK_SIZE, c))
+                .collect())
+        })
+        .collect();
+    let mut out = Vec::new();
+    for p in parts {
+        out.extend(p?);
+    }
+    Ok(out)
+}
+
+/// Lays out R's regions around the contents already written: compresses
+/// compressed regions as the builder does, writes the metadata, the hash
+/// region and R's signed header.
+fn finish_regions(
+    out: &Output,
+    header: &Header,
+    header_bytes: &[u8; FRAG_HEADER],
+    meta: &[u8],
+    progress: &dyn Progress,
+) -> Result<()> {
+    let mismatch = |what: String| Error::Mismatch { what };
+    let io = |op| Error::io(&out.path, op);
+    let level = header.zstd_level as i32;
+    let mut all_cvs = Vec::new();
+    for (i, r) in header.regions.iter().enumerate() {
+        match r.kind {
+            RegionKind::Hashes => continue,
+            RegionKind::Metadata => {
+                let mut b = meta.to_vec();
+                b.resize(r.stored_len as usize, 0);
+                if meta.len() as u64 != r.logical_len {
+                    return Err(mismatch(format!(
+                        "metadata is {} bytes, the header says {}",
+                        meta.len(),
+                        r.logical_len
+                    )));
+                }
+                out.file
+                    .write_all_at(&b, r.file_offset)
+                    .map_err(io("write"))?;
+            }
+            RegionKind::Data | RegionKind::Small => {
+                if let Target::Scratch(s) = &out.targets[i] {
+                    let stored = if r.kind == RegionKind::Data {
+                        progress.phase("compressing", r.logical_len);
+                        fragments::build::compress_file_region(
+                            s,
+                            r.logical_len,
+                            &out.file,
+                            r.file_offset,
+                            level,
+                            &out.path,
+                            progress,
+                        )?
+                    } else {
+                        let mut logical = vec![0u8; r.logical_len as usize];
+                        s.read_exact_at(&mut logical, 0)
+                            .map_err(io("read a scratch file"))?;
+                        let mut c = fragments::compress::compress_region(&logical, level)
+                            .map_err(io("compress"))?;
+                        c.resize(
+                            c.len().div_ceil(BLOCK_SIZE as usize) * BLOCK_SIZE as usize,
+                            0,
+                        );
+                        if c.len() as u64 == r.stored_len {
+                            out.file
+                                .write_all_at(&c, r.file_offset)
+                                .map_err(io("write"))?;
+                        }
+                        c.len() as u64
+                    };
+                    if stored != r.stored_len {
+                        return Err(mismatch(format!(
+                            "region {i} ({}) compresses to {stored} bytes, the lab's to {} (another zstd version?)",
+                            r.kind, r.stored_len
+                        )));
+                    }
+                }
+            }
+        }
+        all_cvs.extend(cvs_of(&out.file, r.file_offset, r.stored_len).map_err(io("read back"))?);
+    }
+    let hr = header.regions.last().expect("decode checked a hash region");
+    let mut hb: Vec<u8> = all_cvs.iter().flatten().copied().collect();
+    if hb.len() as u64 != hr.logical_len {
+        return Err(mismatch(format!(
+            "{} block hashes, the header has room for {}",
+            all_cvs.len(),
+            hr.logical_len / 32
+        )));
+    }
+    hb.resize(hr.stored_len as usize, 0);
+    out.file
+        .write_all_at(&hb, hr.file_offset)
+        .map_err(io("write"))?;
+    out.file
+        .write_all_at(header_bytes, 0)
+        .map_err(io("write"))?;
+    Ok(())
+}
+
+struct Done {
+    ri: u32,
+    hash: Hash,
+    /// A reverse differential computed inline: (base inode, entry, bytes).
+    rev: Option<(u32, Entry, Vec<u8>)>,
+    kind: Option<PieceKind>,
+}
+
+/// Applies `package` to `fragment`, writing `out` and `out.rev`.
+pub fn apply(
+    fragment: &Path,
+    package: &Path,
+    trusted: &[VerifyingKey],
+    out: &Path,
+    opts: &ApplyOptions,
+    progress: &dyn Progress,
+) -> Result<ApplyReport> {
+    let t0 = std::time::Instant::now();
+    let pkg = Package::open(package, PackageTrust::Keys(trusted))?;
+    let m = &pkg.manifest;
+    let dir = dir_of(out).to_owned();
+    let mut report = ApplyReport {
+        output: out.to_owned(),
+        reverse_output: rev_path_of(out),
+        base_id: hex(&pkg.header.base_id),
+        target_id: hex(&pkg.header.target_id),
+        ..Default::default()
+    };
+    let r_header = Header::decode(
+        Path::new("package target header"),
+        &m.target_header,
+        u64::from_le_bytes(m.target_header[32..40].try_into().expect("8")),
+    )?;
+
+    // The base view.
+    let n = match Fragment::open(fragment, Trust::Keys(trusted)) {
+        Ok(n) => Some(n),
+        Err(e) if opts.repair_source.is_some() => {
+            report
+                .warnings
+                .push(format!("{e}: every item will come from the repair source"));
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let rev_in = opts
+        .reverse
+        .clone()
+        .unwrap_or_else(|| rev_path_of(fragment));
+    let base = match &n {
+        None => Base::Unavailable(format!("{} cannot be opened", fragment.display())),
+        Some(n) if n.id() == pkg.header.base_id => {
+            report.from_base = true;
+            Base::Direct { reader: Reader::new(n, true) }
+        }
+        Some(n) => match RevFile::open(&rev_in) {
+            Ok(rev) if rev.header.base_id != pkg.header.base_id => {
+                return Err(Error::WrongBase {
+                    what: format!(
+                        "{} derives from base {}; {} is for base {} ({} {})",
+                        fragment.display(),
+                        hex(&rev.header.base_id),
+                        package.display(),
+                        hex(&pkg.header.base_id),
+                        m.base_name,
+                        m.base_version
+                    ),
+                })
+            }
+            Ok(rev) if rev.header.fragment_id != n.id() => Base::Unavailable(format!(
+                "{} belongs to another fragment than {} (stale reverse differentials)",
+                rev_in.display(),
+                fragment.display()
+            )),
+            Ok(rev) => Base::Rev { reader: Reader::new(n, true), rev },
+            Err(e) if rev_in.exists() => Base::Unavailable(format!("reverse differentials unusable: {e}")),
+            Err(_) => Base::Unavailable(format!(
+                "{} is not the package's base ({} {}, id {}) and its reverse differentials {} are missing",
+                fragment.display(),
+                m.base_name,
+                m.base_version,
+                hex(&pkg.header.base_id),
+                rev_in.display()
+            )),
+        },
+    };
+    let mut view = BaseView {
+        base,
+        meta: None,
+        meta_bytes: None,
+        mem_limit: opts.mem_limit,
+        dir: dir.clone(),
+    };
+    // The base's metadata.
+    let base_meta: std::result::Result<(Vec<u8>, [u8; FRAG_HEADER]), String> = match &view.base {
+        Base::Unavailable(why) => Err(why.clone()),
+        Base::Direct { reader } => (|| {
+            let mut hb = [0u8; FRAG_HEADER];
+            File::open(reader.frag.path())
+                .and_then(|f| f.read_exact_at(&mut hb, 0))
+                .map_err(|e| e.to_string())?;
+            metadata_bytes(reader.frag)
+                .map(|b| (b, hb))
+                .map_err(|e| e.to_string())
+        })(),
+        Base::Rev { reader, rev } => {
+            let e = &rev.table.metadata;
+            let n_meta = metadata_bytes(reader.frag).map_err(|e| e.to_string());
+            let got = match (&e.source, n_meta) {
+                (_, Err(x)) => Err(x),
+                (Source::Same { .. }, Ok(nb)) => Ok(nb),
+                (Source::Delta { payload, .. }, Ok(nb)) | (Source::Full { payload }, Ok(nb)) => {
+                    let base = matches!(e.source, Source::Delta { .. }).then(|| Blob::Mem(nb));
+                    rev.payload(payload).and_then(|data| {
+                        let mut sink =
+                            BlobSink::new(e.size, u64::MAX, &dir).map_err(|x| x.to_string())?;
+                        decode(
+                            base.as_ref(),
+                            &data,
+                            &payload.frames,
+                            e.size,
+                            rev.table.frame_size,
+                            &mut sink,
+                        )?;
+                        match sink.finish().map_err(|x| x.to_string())? {
+                            Blob::Mem(v) => Ok(v),
+                            _ => unreachable!("unbounded memory sink"),
+                        }
+                    })
+                }
+                (Source::Missing, _) => Err("its reverse differential is missing".into()),
+            };
+            got.and_then(|b| {
+                if blake3::hash(&b).as_bytes() == &e.hash {
+                    Ok((b, *rev.base_header))
+                } else {
+                    Err("reconstructed base metadata does not match its hash".into())
+                }
+            })
+        }
+    };
+    match base_meta {
+        Ok((bytes, bh)) => {
+            let decoded = Header::decode(
+                Path::new("base header"),
+                &bh,
+                u64::from_le_bytes(bh[32..40].try_into().expect("8")),
+            )
+            .map_err(|e| e.to_string())
+            .and_then(|h| {
+                Metadata::decode(&bytes, &h.regions, h.inode_count, h.dentry_count)
+                    .map_err(|f| f.what)
+            });
+            match decoded {
+                Ok(meta) => {
+                    let c = Contents::of(&meta);
+                    view.meta = Some((meta, c));
+                    view.meta_bytes = Some(bytes);
+                }
+                Err(e) => view.base = Base::Unavailable(format!("base metadata unusable: {e}")),
+            }
+        }
+        Err(e) => {
+            if !matches!(view.base, Base::Unavailable(_)) {
+                view.base = Base::Unavailable(format!("base metadata unavailable: {e}"));
+            }
+        }
+    }
+
+    let repair = match &opts.repair_source {
+        Some(p) => {
+            let src = Fragment::open(p, Trust::Keys(trusted))?;
+            if src.id() != pkg.header.target_id {
+                return Err(Error::WrongRepairSource {
+                    path: p.clone(),
+                    found: hex(&src.id()),
+                    expected: hex(&pkg.header.target_id),
+                });
+            }
+            Some(src)
+        }
+        None => None,
+    };
+
+    // R's metadata.
+    let mut items: Vec<CorruptItem> = Vec::new();
+    let r_meta_bytes: std::result::Result<Vec<u8>, String> = (|| {
+        let p = &m.metadata;
+        let payload = p.payload.as_ref().expect("decode checked");
+        let data = pkg.payload(payload)?;
+        let base = match p.kind {
+            PieceKind::Delta => {
+                let b = view.meta_bytes.clone().ok_or_else(|| match &view.base {
+                    Base::Unavailable(w) => format!("base metadata unavailable: {w}"),
+                    _ => "base metadata unavailable".into(),
+                })?;
+                if Some(blake3::hash(&b).as_bytes()) != p.base.as_ref().map(|b| &b.hash) {
+                    return Err("input check failed: the base metadata is not the one the package was made against".into());
+                }
+                Some(Blob::Mem(b))
+            }
+            _ => None,
+        };
+        let mut sink = BlobSink::new(p.size, u64::MAX, &dir).map_err(|e| e.to_string())?;
+        decode(
+            base.as_ref(),
+            &data,
+            &payload.frames,
+            p.size,
+            m.frame_size,
+            &mut sink,
+        )?;
+        let Blob::Mem(v) = sink.finish().map_err(|e| e.to_string())? else {
+            unreachable!("unbounded memory sink")
+        };
+        if blake3::hash(&v).as_bytes() != &p.out_hash {
+            return Err("output check failed: decoded metadata does not match the manifest".into());
+        }
+        Ok(v)
+    })();
+    let r_meta_bytes = match r_meta_bytes {
+        Ok(v) => v,
+        Err(what) => {
+            let item = CorruptItem {
+                path: "metadata region".into(),
+                what,
+            };
+            match &repair {
+                Some(src) => {
+                    report.repaired.push(item);
+                    metadata_bytes(src)?
+                }
+                None => {
+                    // Without R's metadata nothing can be laid out: list
+                    // what else is corrupt in the package, then stop.
+                    items.push(item);
+                    for p in &m.pieces {
+                        if let Some(pl) = &p.payload {
+                            if let Err(what) = pkg.payload(pl) {
+                                items.push(CorruptItem {
+                                    path: String::from_utf8_lossy(&p.path).into_owned(),
+                                    what,
+                                });
+                            }
+                        }
+                    }
+                    return Err(Error::Items {
+                        items,
+                        repair_tried: false,
+                    });
+                }
+            }
+        }
+    };
+    let rm = Metadata::decode(
+        &r_meta_bytes,
+        &r_header.regions,
+        r_header.inode_count,
+        r_header.dentry_count,
+    )
+    .map_err(|f| Error::Mismatch {
+        what: format!("target metadata does not decode: {}", f.what),
+    })?;
+    let rc = Contents::of(&rm);
+
+    // The output: R's size, zeros, regions filled in.
+    let tmp = tempfile::Builder::new()
+        .prefix(".mosaic-update")
+        .tempfile_in(&dir)
+        .map_err(Error::io(&dir, "create a temporary file"))?;
+    tmp.as_file()
+        .set_len(r_header.file_size)
+        .map_err(Error::io(tmp.path(), "size"))?;
+    let mut targets = Vec::new();
+    for r in &r_header.regions {
+        targets.push(match (r.kind, r.encoding) {
+            (RegionKind::Data | RegionKind::Small, Encoding::Raw) => Target::Direct(r.file_offset),
+            (RegionKind::Data | RegionKind::Small, Encoding::Zstd) => {
+                let f = tempfile::tempfile_in(&dir)
+                    .map_err(Error::io(&dir, "create a scratch file"))?;
+                f.set_len(r.logical_len)
+                    .map_err(Error::io(&dir, "size a scratch file"))?;
+                Target::Scratch(f)
+            }
+            _ => Target::None,
+        });
+    }
+    let output = Output {
+        file: tmp
+            .as_file()
+            .try_clone()
+            .map_err(Error::io(tmp.path(), "duplicate a handle"))?,
+        path: tmp.path().to_owned(),
+        targets,
+    };
+
+    // Hydrate every content.
+    tracing::info!(
+        elapsed_ms = t0.elapsed().as_millis() as u64,
+        "phase: hydrating contents"
+    );
+    let pieces: HashMap<u32, &Piece> = m.pieces.iter().map(|p| (p.inode, p)).collect();
+    let mut order = rc.list.clone();
+    order.sort_by_key(|&i| std::cmp::Reverse(rm.inode(i).size()));
+    let total: u64 = order.iter().map(|&i| rm.inode(i).size()).sum();
+    report.contents = order.len() as u64;
+    report.content_bytes = total;
+    progress.phase("hydrating", total);
+    let rev_enc = Encoder {
+        level: opts.rev_level,
+        ldm: false,
+        frame_size: m.frame_size,
+        window_max: opts.window_max,
+    };
+    let results: Vec<std::result::Result<Done, CorruptItem>> = order
+        .par_iter()
+        .map(|&ri| {
+            let r = hydrate_one(
+                ri,
+                &rm,
+                pieces.get(&ri).copied(),
+                &view,
+                &pkg,
+                &rev_enc,
+                &output,
+                &dir,
+            );
+            progress.advance(rm.inode(ri).size());
+            r
+        })
+        .collect();
+    let mut done: Vec<Done> = Vec::new();
+    let mut failed: Vec<(u32, CorruptItem)> = Vec::new();
+    for (r, &ri) in results.into_iter().zip(&order) {
+        match r {
+            Ok(d) => {
+                match d.kind {
+                    None => report.unchanged += 1,
+                    Some(PieceKind::Copy) => report.copies += 1,
+                    Some(PieceKind::Delta) => report.deltas += 1,
+                    Some(PieceKind::Full) => report.fulls += 1,
+                }
+                done.push(d)
+            }
+            Err(item) => failed.push((ri, item)),
+        }
+    }
+    items.extend(failed.iter().map(|f| f.1.clone()));
+    tracing::info!(
+        elapsed_ms = t0.elapsed().as_millis() as u64,
+        failed = failed.len(),
+        "hydrated contents"
+    );
+
+    // Start writing the contents back now; the fsync at the end waits less.
+    start_writeback(&output.file);
+
+    // Repair.
+    if !failed.is_empty() {
+        let Some(src) = &repair else {
+            items.sort_by(|a, b| a.path.cmp(&b.path));
+            return Err(Error::Items {
+                items,
+                repair_tried: false,
+            });
+        };
+        let sr = Reader::new(src, true);
+        let need: u64 = failed.iter().map(|f| rm.inode(f.0).size()).sum();
+        progress.phase("repairing", need);
+        let mut still = Vec::new();
+        for (ri, item) in failed {
+            let got = sr
+                .read(ri, opts.mem_limit, &dir)
+                .map_err(|e| e.to_string())
+                .and_then(|b| {
+                    output
+                        .write_content(&rm, ri, &b)
+                        .map_err(|e| e.to_string())?;
+                    b.hash().map_err(|e| e.to_string())
+                });
+            match got {
+                Ok(hash) => {
+                    tracing::warn!(path = %item.path, what = %item.what, "repaired from the repair source");
+                    report.repaired.push(item);
+                    done.push(Done {
+                        ri,
+                        hash,
+                        rev: None,
+                        kind: None,
+                    });
+                }
+                Err(e) => still.push(CorruptItem {
+                    path: item.path.clone(),
+                    what: format!("{}; repair source: {e}", item.what),
+                }),
+            }
+            progress.advance(rm.inode(ri).size());
+        }
+        if !still.is_empty() {
+            return Err(Error::Items {
+                items: still,
+                repair_tried: true,
+            });
+        }
+    }
+
+    // Regions, hashes, header; then the signature decides.
+    finish_regions(
+        &output,
+        &r_header,
+        &m.target_header,
+        &r_meta_bytes,
+        progress,
+    )?;
+    tracing::info!(
+        elapsed_ms = t0.elapsed().as_millis() as u64,
+        "regions, hashes and header written"
+    );
+    tmp.as_file()
+        .sync_all()
+        .map_err(Error::io(tmp.path(), "sync"))?;
+    tracing::info!(elapsed_ms = t0.elapsed().as_millis() as u64, "synced");
+    progress.phase("verifying", r_header.file_size);
+    let hydrated =
+        Fragment::open(tmp.path(), Trust::Keys(trusted)).map_err(|e| Error::Mismatch {
+            what: format!("the hydrated fragment does not open against its signature: {e}"),
+        })?;
+    // The block hashes were computed from the bytes read back from the
+    // file, and open() checked them against the signed roots: every byte is
+    // vouched for. A second full pass is optional.
+    let faults = if opts.verify_all {
+        hydrated.verify_all(&|n| progress.advance(n))?
+    } else {
+        Vec::new()
+    };
+    if !faults.is_empty() {
+        return Err(Error::Mismatch {
+            what: format!(
+                "{} block(s) differ from the lab's: {}",
+                faults.len(),
+                faults
+                    .iter()
+                    .map(|f| f.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        });
+    }
+    if hydrated.id() != pkg.header.target_id {
+        return Err(Error::Mismatch {
+            what: "the hydrated header is not the package's target".into(),
+        });
+    }
+    tracing::info!(
+        elapsed_ms = t0.elapsed().as_millis() as u64,
+        "hydrated fragment verified"
+    );
+
+    // Reverse differentials R -> B.
+    tracing::info!(
+        elapsed_ms = t0.elapsed().as_millis() as u64,
+        "phase: reverse differentials"
+    );
+    progress.phase("reverse differentials", 0);
+    let rev_out = rev_path_of(out);
+    let spool = Spool::new(&dir)?;
+    let table = reverse_table(
+        &view,
+        &hydrated,
+        &rm,
+        &rc,
+        &r_meta_bytes,
+        done,
+        &rev_enc,
+        opts,
+        &spool,
+        &dir,
+        &mut report,
+    )?;
+    let rev_tmp = if let Some(bh) = base_header_of(&view) {
+        let data: Vec<(u64, u64)> = table.1.clone();
+        let data_len = data.iter().map(|d| d.1).sum();
+        let head = rev::encode_file(&bh, hydrated.id(), &table.0, data_len);
+        report.reverse_bytes = head.len() as u64 + data_len;
+        Some(crate::spooled_temp(&rev_out, &[&head], &spool, &data)?)
+    } else {
+        // No base header known (the base was unavailable and everything
+        // came from the repair source): no reverse file can be made; an
+        // old one beside the output must not stay.
+        report.warnings.push(format!(
+            "no reverse differentials written ({} removed if present): the base was unavailable",
+            rev_out.display()
+        ));
+        let _ = std::fs::remove_file(&rev_out);
+        None
+    };
+    tracing::info!(
+        elapsed_ms = t0.elapsed().as_millis() as u64,
+        "reverse differentials written"
+    );
+    drop(hydrated);
+    // The reverse file first: a crash between the renames leaves the old
+    // fragment beside a reverse file that names another fragment, which
+    // the next apply sees (and a re-run fixes).
+    if let Some(t) = rev_tmp {
+        t.persist(&rev_out).map_err(|e| Error::Io {
+            path: rev_out.clone(),
+            op: "rename into place",
+            source: e.error,
+        })?;
+    }
+    tmp.persist(out).map_err(|e| Error::Io {
+        path: out.to_owned(),
+        op: "rename into place",
+        source: e.error,
+    })?;
+    sync_dir(&dir);
+    report.fragment_bytes = r_header.file_size;
+    tracing::info!(elapsed_ms = t0.elapsed().as_millis() as u64, "apply done");
+    Ok(report)
+}
+
+/// Asks the kernel to start writing a file's dirty pages back without
+/// waiting (the durable `fsync` comes later).
+fn start_writeback(f: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on a descriptor we own; no memory is passed.
+    unsafe {
+        libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+/// `PATH.rev`.
+pub fn rev_path_of(p: &Path) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(".rev");
+    PathBuf::from(s)
+}
+
+fn base_header_of(view: &BaseView) -> Option<[u8; FRAG_HEADER]> {
+    view.meta.as_ref()?;
+    match &view.base {
+        Base::Direct { reader } => {
+            let mut hb = [0u8; FRAG_HEADER];
+            File::open(reader.frag.path())
+                .and_then(|f| f.read_exact_at(&mut hb, 0))
+                .ok()?;
+            Some(hb)
+        }
+        Base::Rev { rev, .. } => Some(*rev.base_header),
+        Base::Unavailable(_) => None,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn hydrate_one(
+    ri: u32,
+    rm: &Metadata,
+    piece: Option<&Piece>,
+    view: &BaseView,
+    pkg: &Package,
+    rev_enc: &Encoder,
+    output: &Output,
+    dir: &Path,
+) -> std::result::Result<Done, CorruptItem> {
+    let fail = |what: String| CorruptItem {
+        path: path_string(rm, ri),
+        what,
+    };
+    let size = rm.inode(ri).size();
+    let expect_hash = |b: &Blob, want: &Hash, what: &str| -> std::result::Result<(), CorruptItem> {
+        let h = b.hash().map_err(|e| fail(e.to_string()))?;
+        if &h != want {
+            return Err(fail(format!(
+                "{what} check failed: blake3 {} where the manifest says {}",
+                hex(&h),
+                hex(want)
+            )));
+        }
+        Ok(())
+    };
+    let bpath = |bi: u32| view.bpath(bi);
+    let (blob, hash, rev, kind) = match piece {
+        None => {
+            // Unchanged: the base content at the same path.
+            let (_, bc) = view.meta.as_ref().ok_or_else(|| {
+                fail(match &view.base {
+                    Base::Unavailable(w) => {
+                        format!("unchanged from the base, which is unavailable: {w}")
+                    }
+                    _ => "unchanged from the base, whose metadata is unavailable".into(),
+                })
+            })?;
+            let bm = &view.meta.as_ref().expect("checked").0;
+            let bi = bc.at_path(bm, &rm.path_of(ri)).ok_or_else(|| {
+                fail("the package has no piece for it and the base has no file at this path".into())
+            })?;
+            let (b, known) = view
+                .get(bi)
+                .map_err(|w| fail(format!("unchanged from the base, but {w}")))?;
+            let h = match known {
+                Some(h) => h,
+                None => b.hash().map_err(|e| fail(e.to_string()))?,
+            };
+            (b, h, None, None)
+        }
+        Some(p) => {
+            let data = match &p.payload {
+                Some(pl) => Some(pkg.payload(pl).map_err(fail)?),
+                None => None,
+            };
+            let base = match &p.base {
+                Some(br) => {
+                    let (b, _) = view.get(br.inode).map_err(|w| {
+                        fail(format!(
+                            "base content for the {} from {} unavailable: {w}",
+                            kind_name(p.kind),
+                            bpath(br.inode)
+                        ))
+                    })?;
+                    expect_hash(
+                        &b,
+                        &br.hash,
+                        &format!("input (base file {})", bpath(br.inode)),
+                    )?;
+                    Some((br.inode, b))
+                }
+                None => None,
+            };
+            let (out, base) = match (&data, &p.payload) {
+                (Some(data), Some(pl)) => {
+                    let mut sink = BlobSink::new(p.size, view.mem_limit, dir)
+                        .map_err(|e| fail(e.to_string()))?;
+                    decode(
+                        base.as_ref().map(|b| &b.1),
+                        data,
+                        &pl.frames,
+                        p.size,
+                        pkg.manifest.frame_size,
+                        &mut sink,
+                    )
+                    .map_err(|w| fail(format!("forward differential does not decode: {w}")))?;
+                    let out = sink.finish().map_err(|e| fail(e.to_string()))?;
+                    expect_hash(&out, &p.out_hash, "output")?;
+                    (out, base)
+                }
+                _ => {
+                    let (_, b) = base.ok_or_else(|| fail("copy without a base".into()))?;
+                    (b, None)
+                }
+            };
+            // Reverse differential R -> B, while both are at hand.
+            let rev = match (p.kind, &base) {
+                (PieceKind::Delta, Some((bi, b))) => {
+                    let mut bytes = Vec::new();
+                    let frames = rev_enc
+                        .encode(Some(&out), b, &mut bytes)
+                        .map_err(|e| fail(format!("reverse differential: {e}")))?;
+                    let entry = Entry {
+                        inode: *bi,
+                        size: b.len(),
+                        hash: p.base.as_ref().expect("delta has a base").hash,
+                        source: Source::Delta {
+                            inode: ri,
+                            payload: RevPayload {
+                                offset: 0,
+                                len: bytes.len() as u64,
+                                hash: *blake3::hash(&bytes).as_bytes(),
+                                frames,
+                            },
+                        },
+                    };
+                    Some((*bi, entry, bytes))
+                }
+                _ => None,
+            };
+            (out, p.out_hash, rev, Some(p.kind))
+        }
+    };
+    if blob.len() != size {
+        return Err(fail(format!(
+            "content is {} bytes, the metadata says {size}",
+            blob.len()
+        )));
+    }
+    output
+        .write_content(rm, ri, &blob)
+        .map_err(|e| fail(format!("writing the output: {e}")))?;
+    Ok(Done {
+        ri,
+        hash,
+        rev,
+        kind,
+    })
+}
+
+fn kind_name(k: PieceKind) -> &'static str {
+    match k {
+        PieceKind::Copy => "copy",
+        PieceKind::Delta => "forward differential",
+        PieceKind::Full => "content",
+    }
+}
+
+/// Builds R's reverse table: inline deltas, `same` entries by hash, and for
+/// the other base contents a differential from R's file at the same path
+/// (or the compressed content), read from the verified hydrated fragment.
+#[allow(clippy::too_many_arguments)]
+fn reverse_table(
+    view: &BaseView,
+    hydrated: &Fragment,
+    rm: &Metadata,
+    rc: &Contents,
+    r_meta: &[u8],
+    done: Vec<Done>,
+    enc: &Encoder,
+    opts: &ApplyOptions,
+    spool: &Spool,
+    dir: &Path,
+    report: &mut ApplyReport,
+) -> Result<(Table, Vec<(u64, u64)>)> {
+    let mut r_by_hash: HashMap<Hash, u32> = HashMap::new();
+    for d in &done {
+        r_by_hash
+            .entry(d.hash)
+            .and_modify(|v| *v = (*v).min(d.ri))
+            .or_insert(d.ri);
+    }
+    let Some((bm, bc)) = &view.meta else {
+        return Ok((
+            Table {
+                frame_size: enc.frame_size,
+                metadata: Entry {
+                    inode: 0,
+                    size: 0,
+                    hash: [0; 32],
+                    source: Source::Missing,
+                },
+                entries: Vec::new(),
+            },
+            Vec::new(),
+        ));
+    };
+    // Inline deltas, the smallest target inode per base content.
+    let mut inline: HashMap<u32, (Entry, Vec<u8>)> = HashMap::new();
+    let mut inline_by: HashMap<u32, u32> = HashMap::new();
+    for d in done {
+        if let Some((bi, e, bytes)) = d.rev {
+            let better = inline_by.get(&bi).is_none_or(|&r| d.ri < r);
+            if better {
+                inline_by.insert(bi, d.ri);
+                inline.insert(bi, (e, bytes));
+            }
+        }
+    }
+    let rr = Reader::new(hydrated, true);
+    let known_hash = |bi: u32| -> Option<Hash> {
+        match &view.base {
+            Base::Rev { rev, .. } => rev.table.entry(bi).map(|e| e.hash),
+            _ => None,
+        }
+    };
+    let work = |bi: u32| -> Result<(Entry, Option<Vec<u8>>)> {
+        let size = bm.inode(bi).size();
+        if let Some(h) = known_hash(bi) {
+            if let Some(&ri) = r_by_hash.get(&h) {
+                return Ok((
+                    Entry {
+                        inode: bi,
+                        size,
+                        hash: h,
+                        source: Source::Same { inode: ri },
+                    },
+                    None,
+                ));
+            }
+        }
+        if let Some((e, bytes)) = inline.get(&bi) {
+            if let Some(&ri) = r_by_hash.get(&e.hash) {
+                return Ok((
+                    Entry {
+                        inode: bi,
+                        size,
+                        hash: e.hash,
+                        source: Source::Same { inode: ri },
+                    },
+                    None,
+                ));
+            }
+            return Ok((e.clone(), Some(bytes.clone())));
+        }
+        let (b, known) = match view.get(bi) {
+            Ok(x) => x,
+            Err(why) => {
+                tracing::warn!(base_file = %view.bpath(bi), %why, "reverse differential cannot be computed");
+                let hash = known_hash(bi).unwrap_or([0; 32]);
+                return Ok((
+                    Entry {
+                        inode: bi,
+                        size,
+                        hash,
+                        source: Source::Missing,
+                    },
+                    None,
+                ));
+            }
+        };
+        let hash = match known {
+            Some(h) => h,
+            None => b.hash().map_err(Error::io(dir, "read a scratch file"))?,
+        };
+        if let Some(&ri) = r_by_hash.get(&hash) {
+            return Ok((
+                Entry {
+                    inode: bi,
+                    size,
+                    hash,
+                    source: Source::Same { inode: ri },
+                },
+                None,
+            ));
+        }
+        let src = rc.at_path(rm, &bm.path_of(bi));
+        let rb = match src {
+            Some(ri) => Some((ri, rr.read(ri, opts.mem_limit, dir)?)),
+            None => None,
+        };
+        let mut bytes = Vec::new();
+        let frames = enc
+            .encode(rb.as_ref().map(|x| &x.1), &b, &mut bytes)
+            .map_err(Error::io(dir, "compress"))?;
+        let payload = RevPayload {
+            offset: 0,
+            len: bytes.len() as u64,
+            hash: *blake3::hash(&bytes).as_bytes(),
+            frames,
+        };
+        let source = match rb {
+            Some((ri, _)) => Source::Delta { inode: ri, payload },
+            None => Source::Full { payload },
+        };
+        Ok((
+            Entry {
+                inode: bi,
+                size,
+                hash,
+                source,
+            },
+            Some(bytes),
+        ))
+    };
+    let results: Vec<Result<(Entry, Option<Vec<u8>>)>> =
+        bc.list.par_iter().map(|&bi| work(bi)).collect();
+    let mut entries = Vec::with_capacity(results.len());
+    let mut data = Vec::new();
+    let mut offset = 0u64;
+    let mut place =
+        |mut e: Entry, bytes: Option<Vec<u8>>, data: &mut Vec<(u64, u64)>| -> Result<Entry> {
+            if let Some(bytes) = bytes {
+                let at = spool
+                    .append(&bytes)
+                    .map_err(Error::io(dir, "write a scratch file"))?;
+                data.push((at, bytes.len() as u64));
+                match &mut e.source {
+                    Source::Delta { payload, .. } | Source::Full { payload } => {
+                        payload.offset = offset;
+                    }
+                    _ => unreachable!("bytes only for differentials"),
+                }
+                offset += bytes.len() as u64;
+            }
+            Ok(e)
+        };
+    // The metadata entry first.
+    let meta_entry = match &view.meta_bytes {
+        Some(bmb) => {
+            let hash = *blake3::hash(bmb).as_bytes();
+            if bmb.as_slice() == r_meta {
+                (
+                    Entry {
+                        inode: 0,
+                        size: bmb.len() as u64,
+                        hash,
+                        source: Source::Same { inode: 0 },
+                    },
+                    None,
+                )
+            } else {
+                let mut bytes = Vec::new();
+                let rmb = Blob::Mem(r_meta.to_vec());
+                let frames = enc
+                    .encode(Some(&rmb), &Blob::Mem(bmb.clone()), &mut bytes)
+                    .map_err(Error::io(dir, "compress"))?;
+                let payload = RevPayload {
+                    offset: 0,
+                    len: bytes.len() as u64,
+                    hash: *blake3::hash(&bytes).as_bytes(),
+                    frames,
+                };
+                (
+                    Entry {
+                        inode: 0,
+                        size: bmb.len() as u64,
+                        hash,
+                        source: Source::Delta { inode: 0, payload },
+                    },
+                    Some(bytes),
+                )
+            }
+        }
+        None => (
+            Entry {
+                inode: 0,
+                size: 0,
+                hash: [0; 32],
+                source: Source::Missing,
+            },
+            None,
+        ),
+    };
+    let metadata = place(meta_entry.0, meta_entry.1, &mut data)?;
+    for r in results {
+        let (e, bytes) = r?;
+        match &e.source {
+            Source::Missing => report.reverse_missing += 1,
+            Source::Same { .. } => report.reverse_same += 1,
+            Source::Delta { .. } => report.reverse_deltas += 1,
+            Source::Full { .. } => report.reverse_full += 1,
+        }
+        entries.push(place(e, bytes, &mut data)?);
+    }
+    if report.reverse_missing > 0 {
+        report.warnings.push(format!(
+            "{} reverse differential(s) could not be computed (their base content was unavailable); a later update that needs them will need --repair-source",
+            report.reverse_missing
+        ));
+    }
+    Ok((
+        Table {
+            frame_size: enc.frame_size,
+            metadata,
+            entries,
+        },
+        data,
+    ))
+}

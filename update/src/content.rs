@@ -1,0 +1,144 @@
+//! The contents of a fragment: one per distinct stored file content.
+//!
+//! The builder stores identical contents once, so several inodes may share
+//! one extent list. An update works on *contents*, each named by its
+//! canonical inode: the smallest inode number with that extent list. Both
+//! the lab (`diff`) and the device (`apply`) derive canonical inodes from the
+//! metadata alone, so they agree without the package saying more.
+//! Regular files without extents (empty, or all holes) have no content:
+//! the metadata region alone describes them.
+
+use crate::blob::{Blob, BlobSink, PIECE};
+use crate::error::{Error, Result};
+use fragments::{Encoding, Fragment, Metadata, RegionKind, BLOCK_SIZE};
+use memmap2::Mmap;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+pub const NONE: u32 = u32::MAX;
+
+/// Canonical inodes of a fragment's contents.
+#[derive(Debug, Clone)]
+pub struct Contents {
+    /// Per inode: its canonical inode, or `NONE` (not a regular file with
+    /// stored bytes).
+    pub canon: Vec<u32>,
+    /// Canonical inodes, ascending.
+    pub list: Vec<u32>,
+}
+
+impl Contents {
+    pub fn of(meta: &Metadata) -> Contents {
+        let mut canon = vec![NONE; meta.inodes.len()];
+        let mut list = Vec::new();
+        let mut seen: HashMap<Vec<(u64, u32, u64, u64)>, u32> = HashMap::new();
+        for ino in 0..meta.inodes.len() as u32 {
+            let ext = meta.extents_of(ino);
+            if ext.is_empty() {
+                continue;
+            }
+            let key: Vec<_> = ext
+                .iter()
+                .map(|e| (e.file_offset, e.region, e.region_offset, e.len))
+                .chain(std::iter::once((meta.inode(ino).size(), 0, 0, 0)))
+                .collect();
+            let c = *seen.entry(key).or_insert_with(|| {
+                list.push(ino);
+                ino
+            });
+            canon[ino as usize] = c;
+        }
+        Contents { canon, list }
+    }
+
+    /// The canonical content of the file at `path`, if it is one.
+    pub fn at_path(&self, meta: &Metadata, path: &[u8]) -> Option<u32> {
+        let ino = meta.lookup(path)?;
+        Some(self.canon[ino as usize]).filter(|&c| c != NONE)
+    }
+}
+
+/// Path of an inode for messages.
+pub fn path_string(meta: &Metadata, ino: u32) -> String {
+    String::from_utf8_lossy(&meta.path_of(ino)).into_owned()
+}
+
+/// Reads whole contents of one fragment, verified.
+pub struct Reader<'a> {
+    pub frag: &'a Fragment,
+    map: Option<Arc<Mmap>>,
+}
+
+impl<'a> Reader<'a> {
+    /// `mmap`: map the fragment file so that contents stored as one raw
+    /// extent are used in place (checked against the block hashes first).
+    /// A file truncated underneath while mapped would fault: the device
+    /// keeps its fragments, nobody rewrites them in place.
+    pub fn new(frag: &'a Fragment, mmap: bool) -> Reader<'a> {
+        let map = mmap
+            .then(|| std::fs::File::open(frag.path()).ok())
+            .flatten()
+            // SAFETY: a read-only private mapping of a file that is only
+            // replaced by rename, never rewritten in place; every byte used
+            // is checked against the fragment's signed block hashes.
+            .and_then(|f| unsafe { memmap2::MmapOptions::new().populate().map(&f) }.ok())
+            .map(Arc::new);
+        Reader { frag, map }
+    }
+
+    /// The content of regular inode `ino`, in memory up to `mem_limit`
+    /// bytes (else in a scratch file in `dir`).
+    pub fn read(&self, ino: u32, mem_limit: u64, dir: &Path) -> Result<Blob> {
+        let meta = self.frag.metadata();
+        let size = meta.inode(ino).size();
+        let ext = meta.extents_of(ino);
+        if let (Some(map), [e]) = (&self.map, ext) {
+            let r = self
+                .frag
+                .region(e.region)
+                .expect("metadata checked at open");
+            if e.file_offset == 0
+                && e.len == size
+                && r.kind == RegionKind::Data
+                && r.encoding == Encoding::Raw
+            {
+                let first = e.region_offset / BLOCK_SIZE;
+                let span = e.len.div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
+                let at = r.file_offset + e.region_offset;
+                if at + span <= map.len() as u64 {
+                    let bytes = &map[at as usize..(at + span) as usize];
+                    self.frag.check_blocks(e.region, first, bytes)?;
+                    return Ok(Blob::Map {
+                        map: map.clone(),
+                        off: at as usize,
+                        len: size as usize,
+                    });
+                }
+            }
+        }
+        let mut sink =
+            BlobSink::new(size, mem_limit, dir).map_err(Error::io(dir, "create a scratch file"))?;
+        let mut buf = vec![0u8; PIECE.min(size) as usize];
+        let mut off = 0;
+        while off < size {
+            let n = PIECE.min(size - off) as usize;
+            self.frag.read_file(ino, off, &mut buf[..n])?;
+            sink.push(&buf[..n])
+                .map_err(Error::io(dir, "write a scratch file"))?;
+            off += n as u64;
+        }
+        sink.finish()
+            .map_err(Error::io(dir, "write a scratch file"))
+    }
+}
+
+/// The logical bytes of a fragment's metadata region, verified.
+pub fn metadata_bytes(frag: &Fragment) -> Result<Vec<u8>> {
+    let mi = frag.header().region_of(RegionKind::Metadata);
+    let r = frag.header().regions[mi].clone();
+    let mut b = vec![0u8; r.stored_len as usize];
+    frag.read_stored(mi as u32, 0, &mut b)?;
+    b.truncate(r.logical_len as usize);
+    Ok(b)
+}
