@@ -181,12 +181,14 @@ pub fn run(cmd: UpdateCmd) -> Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
+                let rev = match &r.reverse_output {
+                    Some(p) => format!("{} ({} bytes)", p.display(), r.reverse_bytes),
+                    None => "no reverse differentials".into(),
+                };
                 println!(
-                    "wrote {} ({} bytes, verified against its signature) and {} ({} bytes) in {secs:.2} s",
+                    "wrote {} ({} bytes, verified against its signature) and {rev} in {secs:.2} s",
                     r.output.display(),
                     r.fragment_bytes,
-                    r.reverse_output.display(),
-                    r.reverse_bytes
                 );
                 println!(
                     "from {}: {} contents ({} bytes): {} unchanged, {} differentials, {} null differentials, {} copies",

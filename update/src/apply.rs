@@ -75,7 +75,8 @@ impl Default for ApplyOptions {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ApplyReport {
     pub output: PathBuf,
-    pub reverse_output: PathBuf,
+    /// Where the reverse differentials went (none when the base was unavailable).
+    pub reverse_output: Option<PathBuf>,
     pub base_id: String,
     pub target_id: String,
     /// The fragment applied to was the base itself.
@@ -102,7 +103,10 @@ enum Base<'a> {
     /// The fragment is the base.
     Direct { reader: Reader<'a> },
     /// The fragment and its reverse differentials.
-    Rev { reader: Reader<'a>, rev: RevFile },
+    Rev {
+        reader: Reader<'a>,
+        rev: Box<RevFile>,
+    },
     /// Nothing of the base can be had (why).
     Unavailable(String),
 }
@@ -379,7 +383,7 @@ pub fn apply(
     let dir = dir_of(out).to_owned();
     let mut report = ApplyReport {
         output: out.to_owned(),
-        reverse_output: rev_path_of(out),
+        reverse_output: Some(rev_path_of(out)),
         base_id: hex(&pkg.header.base_id),
         target_id: hex(&pkg.header.target_id),
         ..Default::default()
@@ -430,7 +434,7 @@ pub fn apply(
                 rev_in.display(),
                 fragment.display()
             )),
-            Ok(rev) => Base::Rev { reader: Reader::new(n, true), rev },
+            Ok(rev) => Base::Rev { reader: Reader::new(n, true), rev: Box::new(rev) },
             Err(e) if rev_in.exists() => Base::Unavailable(format!("reverse differentials unusable: {e}")),
             Err(_) => Base::Unavailable(format!(
                 "{} is not the package's base ({} {}, id {}) and its reverse differentials {} are missing",
@@ -591,16 +595,32 @@ pub fn apply(
                 None => {
                     // Without R's metadata nothing can be laid out: list
                     // what else is corrupt in the package, then stop.
+                    let base_gone = match &view.base {
+                        Base::Unavailable(w) => Some(w.clone()),
+                        _ => None,
+                    };
                     items.push(item);
                     for p in &m.pieces {
-                        if let Some(pl) = &p.payload {
-                            if let Err(what) = pkg.payload(pl) {
-                                items.push(CorruptItem {
-                                    path: String::from_utf8_lossy(&p.path).into_owned(),
-                                    what,
-                                });
-                            }
+                        let what = match (&p.payload, &base_gone) {
+                            (Some(pl), _) if pkg.payload(pl).is_err() => pkg.payload(pl).err(),
+                            (_, Some(w)) if p.base.is_some() => Some(format!(
+                                "its {} needs the base, which is unavailable: {w}",
+                                kind_name(p.kind)
+                            )),
+                            _ => None,
+                        };
+                        if let Some(what) = what {
+                            items.push(CorruptItem {
+                                path: String::from_utf8_lossy(&p.path).into_owned(),
+                                what,
+                            });
                         }
+                    }
+                    if base_gone.is_some() {
+                        items.push(CorruptItem {
+                            path: "(files unchanged from the base)".into(),
+                            what: "cannot be named: the target's metadata is a delta against the base's, which is unavailable; a --repair-source supplies it".into(),
+                        });
                     }
                     return Err(Error::Items {
                         items,
@@ -846,9 +866,10 @@ pub fn apply(
         // came from the repair source): no reverse file can be made; an
         // old one beside the output must not stay.
         report.warnings.push(format!(
-            "no reverse differentials written ({} removed if present): the base was unavailable",
+            "no reverse differentials written ({} removed if present): the base was unavailable; a later update of this fragment will need --repair-source",
             rev_out.display()
         ));
+        report.reverse_output = None;
         let _ = std::fs::remove_file(&rev_out);
         None
     };

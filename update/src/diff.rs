@@ -11,6 +11,7 @@
 //!    matching;
 //! 4. a null differential (compressed content) when there is no base or
 //!    when the differential is not smaller.
+//!
 //! R's metadata region goes the same way against B's.
 
 use crate::blob::Blob;
