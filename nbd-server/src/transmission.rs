@@ -172,7 +172,10 @@ impl<R: AsyncRead + Unpin, W: WriteHalf> Conn<R, W> {
                 return self.end.take().expect("reading stopped for a reason");
             }
             if reading && self.units < BUDGET && self.inb.len() >= self.next_need() {
-                continue; // more complete requests buffered
+                // More complete requests buffered: go on, but let the other
+                // tasks of this worker run once this one has had its share.
+                tokio::task::consume_budget().await;
+                continue;
             }
             let need = self.next_need();
             let event = tokio::select! {
