@@ -21,14 +21,14 @@
 
 use crate::blob::{Blob, BlobSink, PIECE};
 use crate::codec::{decode, Encoder};
-use crate::content::{metadata_bytes, path_string, Contents, Reader};
+use crate::content::{metadata_bytes, path_string, read_range, Contents, Reader};
 use crate::error::{CorruptItem, Error, Result};
 use crate::package::{Package, PackageTrust, Piece, PieceKind};
 use crate::rev::{self, Entry, RevFile, RevPayload, Source, Table};
 use crate::wire::{hex, Hash};
 use crate::{dir_of, sync_dir, Spool};
 use fragments::format::HEADER_SIZE as FRAG_HEADER;
-use fragments::hash::block_cv;
+use fragments::hash::{block_cv, Cv};
 use fragments::{
     Encoding, Fragment, Header, Metadata, Progress, RegionKind, Trust, VerifyingKey, BLOCK_SIZE,
 };
@@ -37,6 +37,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// How to apply.
 #[derive(Debug, Clone)]
@@ -51,6 +52,9 @@ pub struct ApplyOptions {
     pub mem_limit: u64,
     /// Largest base window one reverse frame refers to.
     pub window_max: u64,
+    /// Target bytes per frame of the reverse differentials (smaller frames
+    /// spread one large file's reverse differential over the cores).
+    pub rev_frame_size: u64,
     /// Read the hydrated fragment back once more and check every block
     /// (`Fragment::verify_all`) after its signature and roots have been
     /// checked. Redundant: the block hashes are computed from the bytes as
@@ -66,6 +70,7 @@ impl Default for ApplyOptions {
             rev_level: 1,
             mem_limit: 64 << 20,
             window_max: 64 << 20,
+            rev_frame_size: 1 << 20,
             verify_all: false,
         }
     }
@@ -188,7 +193,9 @@ impl BaseView<'_> {
             // N's bytes are verified against N's signed block hashes and
             // the table against its checksum: no second hash pass here
             // (pieces that start from this content hash it, the input check).
-            Source::Same { inode } => return Ok((read_n(*inode)?, Some(e.hash))),
+            Source::Same { inode } => {
+                return Ok((read_n(*inode)?, Some(e.hash).filter(|h| h != &[0; 32])))
+            }
             Source::Delta { inode, payload } => {
                 let n = read_n(*inode)?;
                 decoded(Some(&n), payload).map_err(|x| format!("base file {}: {x}", self.bpath(bi)))?
@@ -217,27 +224,64 @@ enum Target {
     None,
 }
 
+/// Block CVs of a region gathered as written: (block, CV).
+type BlockCvs = Mutex<Vec<(u64, Cv)>>;
+
 struct Output {
     file: File,
     path: PathBuf,
     targets: Vec<Target>,
+    /// Per region: block CVs computed from the bytes as they are written
+    /// (raw data regions, where every block belongs to one content and
+    /// ends in zero padding), so no pass reads the region back.
+    cvs: Vec<Option<BlockCvs>>,
 }
 
 impl Output {
+    fn write_at(&self, region: u32, at: u64, bytes: &[u8]) -> std::io::Result<()> {
+        match self.targets.get(region as usize) {
+            Some(Target::Direct(off)) => {
+                self.file.write_all_at(bytes, off + at)?;
+                if bytes.len() >= 1 << 20 {
+                    // Start writing this range back now, so the disk works
+                    // while the cores hydrate the rest; fsync waits less.
+                    start_writeback(&self.file, off + at, bytes.len() as u64);
+                }
+                if let Some(Some(cvs)) = self.cvs.get(region as usize) {
+                    if at.is_multiple_of(BLOCK_SIZE) {
+                        let first = at / BLOCK_SIZE;
+                        let list: Vec<(u64, Cv)> = bytes
+                            .chunks(BLOCK_SIZE as usize)
+                            .enumerate()
+                            .map(|(i, b)| {
+                                let blk = first + i as u64;
+                                let cv = if b.len() == BLOCK_SIZE as usize {
+                                    block_cv(blk * BLOCK_SIZE, b)
+                                } else {
+                                    let mut p = [0u8; BLOCK_SIZE as usize];
+                                    p[..b.len()].copy_from_slice(b);
+                                    block_cv(blk * BLOCK_SIZE, &p)
+                                };
+                                (blk, cv)
+                            })
+                            .collect();
+                        cvs.lock().expect("cv lock").extend(list);
+                    }
+                }
+                Ok(())
+            }
+            Some(Target::Scratch(f)) => f.write_all_at(bytes, at),
+            _ => Err(std::io::Error::other("extent in a region without data")),
+        }
+    }
+
     fn write_content(&self, meta: &Metadata, ri: u32, blob: &Blob) -> std::io::Result<()> {
         for e in meta.extents_of(ri) {
             let mut done = 0;
             while done < e.len {
                 let n = PIECE.min(e.len - done);
                 let w = blob.window(e.file_offset + done, n)?;
-                let at = e.region_offset + done;
-                match &self.targets[e.region as usize] {
-                    Target::Direct(off) => self.file.write_all_at(&w, off + at)?,
-                    Target::Scratch(f) => f.write_all_at(&w, at)?,
-                    Target::None => {
-                        return Err(std::io::Error::other("extent in a region without data"))
-                    }
-                }
+                self.write_at(e.region, e.region_offset + done, &w)?;
                 done += n;
             }
         }
@@ -245,28 +289,17 @@ impl Output {
     }
 }
 
-/// Block CVs of `len` bytes of `file` at `offset`, region-relative.
-fn cvs_of(file: &File, offset: u64, len: u64) -> std::io::Result<Vec<[u8; 32]>> {
-    const STEP: u64 = 4 << 20;
-    let parts: Vec<std::io::Result<Vec<[u8; 32]>>> = (0..len)
-        .step_by(STEP as usize)
-        .collect::<Vec<_>>()
-        .par_iter()
-        .map(|&p| {
-            let n = STEP.min(len - p) as usize;
-            let mut b = vec![0u8; n];
-            file.read_exact_at(&mut b, offset + p)?;
-            Ok(b.chunks(BLOCK_SIZE as usize)
-                .enumerate()
-                .map(|(i, c)| block_cv(p + (i as u64) * BLOCK_SIZE, c))
-                .collect())
-        })
-        .collect();
-    let mut out = Vec::new();
-    for p in parts {
-        out.extend(p?);
-    }
-    Ok(out)
+/// Block CVs of the region stored at `[offset, offset + len)` of `map`
+/// (the output file, mapped once everything is written), region-relative.
+fn cvs_of(map: &[u8], offset: u64, len: u64) -> std::io::Result<Vec<[u8; 32]>> {
+    let bytes = map
+        .get(offset as usize..(offset + len) as usize)
+        .ok_or_else(|| std::io::Error::other("region outside the output file"))?;
+    Ok(bytes
+        .par_chunks(BLOCK_SIZE as usize)
+        .enumerate()
+        .map(|(i, c)| block_cv(i as u64 * BLOCK_SIZE, c))
+        .collect())
 }
 
 /// Lays out R's regions around the contents already written: compresses
@@ -339,7 +372,40 @@ fn finish_regions(
                 }
             }
         }
-        all_cvs.extend(cvs_of(&out.file, r.file_offset, r.stored_len).map_err(io("read back"))?);
+    }
+    // Every region is in place: hash them all from one read-only mapping
+    // of the output (our own temporary file: nobody else truncates it).
+    // SAFETY: see above; the mapping is dropped before the file is renamed.
+    let map = unsafe { memmap2::MmapOptions::new().map(&out.file) }.map_err(io("map"))?;
+    for (i, r) in header.regions.iter().enumerate() {
+        if r.kind == RegionKind::Hashes {
+            continue;
+        }
+        match out.cvs.get(i) {
+            Some(Some(pre)) => {
+                let pre = std::mem::take(&mut *pre.lock().expect("cv lock"));
+                let mut dense: Vec<Option<Cv>> = vec![None; (r.stored_len / BLOCK_SIZE) as usize];
+                for (blk, cv) in pre {
+                    if let Some(slot) = dense.get_mut(blk as usize) {
+                        *slot = Some(cv);
+                    }
+                }
+                // Blocks no content wrote (none in a builder's region): from the file.
+                for (blk, slot) in dense.iter_mut().enumerate() {
+                    if slot.is_none() {
+                        let at = (r.file_offset + blk as u64 * BLOCK_SIZE) as usize;
+                        *slot = Some(block_cv(
+                            blk as u64 * BLOCK_SIZE,
+                            &map[at..at + BLOCK_SIZE as usize],
+                        ));
+                    }
+                }
+                all_cvs.extend(dense.into_iter().map(|c| c.expect("filled")));
+            }
+            _ => {
+                all_cvs.extend(cvs_of(&map, r.file_offset, r.stored_len).map_err(io("read back"))?)
+            }
+        }
     }
     let hr = header.regions.last().expect("decode checked a hash region");
     let mut hb: Vec<u8> = all_cvs.iter().flatten().copied().collect();
@@ -362,10 +428,77 @@ fn finish_regions(
 
 struct Done {
     ri: u32,
-    hash: Hash,
+    /// blake3 of the content, when it was computed or is vouched for.
+    hash: Option<Hash>,
+    /// The base content it is identical to (unchanged or copied).
+    same_as: Option<u32>,
     /// A reverse differential computed inline: (base inode, entry, bytes).
     rev: Option<(u32, Entry, Vec<u8>)>,
     kind: Option<PieceKind>,
+}
+
+/// Work of the hydration pass.
+enum Job {
+    /// A whole content: a piece of the package, or an unchanged content
+    /// whose base bytes must be reconstructed.
+    Whole { ri: u32 },
+    /// Part of an unchanged content copied from a content of the device's
+    /// fragment (verified as read): `[off, off + len)` of it.
+    Copy {
+        ri: u32,
+        src: u32,
+        bi: u32,
+        off: u64,
+        len: u64,
+    },
+}
+
+impl Job {
+    fn len(&self, rm: &Metadata) -> u64 {
+        match self {
+            Job::Whole { ri } => rm.inode(*ri).size(),
+            Job::Copy { len, .. } => *len,
+        }
+    }
+    fn ri(&self) -> u32 {
+        match self {
+            Job::Whole { ri } | Job::Copy { ri, .. } => *ri,
+        }
+    }
+}
+
+/// Copies `[off, off + len)` of content `src` of `frag` (verified against
+/// its block hashes as read) to where R's extents of `ri` put those bytes.
+#[allow(clippy::too_many_arguments)]
+fn copy_range(
+    frag: &Fragment,
+    src: u32,
+    rm: &Metadata,
+    ri: u32,
+    off: u64,
+    len: u64,
+    buf: &mut [u8],
+    out: &Output,
+) -> std::result::Result<(), String> {
+    let b = &mut buf[..len as usize];
+    if off + len > frag.metadata().inode(src).size() {
+        return Err(format!("{len} bytes at {off} are past its end"));
+    }
+    read_range(frag, src, off, b).map_err(|e| e.to_string())?;
+    let end = off + len;
+    for e in rm.extents_of(ri) {
+        let (a, z) = (e.file_offset.max(off), (e.file_offset + e.len).min(end));
+        if a >= z {
+            continue;
+        }
+        out.write_at(
+            e.region,
+            e.region_offset + (a - e.file_offset),
+            &b[(a - off) as usize..(z - off) as usize],
+        )
+        .map_err(|e| format!("writing the output: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Applies `package` to `fragment`, writing `out` and `out.rev`.
@@ -669,6 +802,14 @@ pub fn apply(
             .try_clone()
             .map_err(Error::io(tmp.path(), "duplicate a handle"))?,
         path: tmp.path().to_owned(),
+        cvs: r_header
+            .regions
+            .iter()
+            .map(|r| {
+                (r.kind == RegionKind::Data && r.encoding == Encoding::Raw)
+                    .then(|| Mutex::new(Vec::new()))
+            })
+            .collect(),
         targets,
     };
 
@@ -678,8 +819,7 @@ pub fn apply(
         "phase: hydrating contents"
     );
     let pieces: HashMap<u32, &Piece> = m.pieces.iter().map(|p| (p.inode, p)).collect();
-    let mut order = rc.list.clone();
-    order.sort_by_key(|&i| std::cmp::Reverse(rm.inode(i).size()));
+    let order = rc.list.clone();
     let total: u64 = order.iter().map(|&i| rm.inode(i).size()).sum();
     report.contents = order.len() as u64;
     report.content_bytes = total;
@@ -687,31 +827,123 @@ pub fn apply(
     let rev_enc = Encoder {
         level: opts.rev_level,
         ldm: false,
-        frame_size: m.frame_size,
+        frame_size: opts.rev_frame_size,
         window_max: opts.window_max,
     };
-    let results: Vec<std::result::Result<Done, CorruptItem>> = order
+    // Unchanged contents whose base bytes are a content of the device's
+    // fragment are copied in pieces (verified as read, no hashing, large
+    // files spread over the cores); everything else is a whole job.
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut known: HashMap<u32, (u32, Option<Hash>)> = HashMap::new();
+    for &ri in &order {
+        let size = rm.inode(ri).size();
+        let copy_src = match (&view.base, &view.meta, pieces.contains_key(&ri)) {
+            (Base::Unavailable(_), _, _) | (_, None, _) | (_, _, true) => None,
+            (base, Some((bm, bc)), false) => bc.at_path(bm, &rm.path_of(ri)).and_then(|bi| {
+                let (reader, src, hash) = match base {
+                    Base::Direct { reader } => (reader, bi, None),
+                    Base::Rev { reader, rev } => match rev.table.entry(bi) {
+                        Some(Entry {
+                            source: Source::Same { inode },
+                            hash,
+                            ..
+                        }) => (reader, *inode, Some(*hash).filter(|h| h != &[0; 32])),
+                        _ => return None,
+                    },
+                    Base::Unavailable(_) => return None,
+                };
+                let nm = reader.frag.metadata();
+                let ok = (src as usize) < nm.inodes.len()
+                    && !nm.extents_of(src).is_empty()
+                    && nm.inode(src).size() == size;
+                ok.then_some((bi, src, hash))
+            }),
+        };
+        match copy_src {
+            Some((bi, src, hash)) => {
+                known.insert(ri, (bi, hash));
+                let mut off = 0;
+                while off < size {
+                    let len = PIECE.min(size - off);
+                    jobs.push(Job::Copy {
+                        ri,
+                        src,
+                        bi,
+                        off,
+                        len,
+                    });
+                    off += len;
+                }
+            }
+            None => jobs.push(Job::Whole { ri }),
+        }
+    }
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.len(&rm)));
+    let n_frag: Option<&Fragment> = match &view.base {
+        Base::Direct { reader } | Base::Rev { reader, .. } => Some(reader.frag),
+        Base::Unavailable(_) => None,
+    };
+    let results: Vec<(u32, std::result::Result<Option<Done>, CorruptItem>)> = jobs
         .par_iter()
-        .map(|&ri| {
-            let r = hydrate_one(
-                ri,
-                &rm,
-                pieces.get(&ri).copied(),
-                &view,
-                &pkg,
-                &rev_enc,
-                &output,
-                &dir,
-            );
-            progress.advance(rm.inode(ri).size());
-            r
-        })
+        .map_init(
+            || vec![0u8; PIECE as usize],
+            |buf, job| {
+                let t = std::time::Instant::now();
+                let ri = job.ri();
+                let r = match job {
+                    Job::Whole { ri } => hydrate_one(
+                        *ri,
+                        &rm,
+                        pieces.get(ri).copied(),
+                        &view,
+                        &pkg,
+                        &rev_enc,
+                        &output,
+                        &dir,
+                    )
+                    .map(Some),
+                    Job::Copy {
+                        ri,
+                        src,
+                        bi,
+                        off,
+                        len,
+                    } => copy_range(
+                        n_frag.expect("copy jobs only with a fragment"),
+                        *src,
+                        &rm,
+                        *ri,
+                        *off,
+                        *len,
+                        buf,
+                        &output,
+                    )
+                    .map(|()| None)
+                    .map_err(|w| CorruptItem {
+                        path: path_string(&rm, *ri),
+                        what: format!(
+                            "unchanged from the base, but base file {} is corrupt: {w}",
+                            view.bpath(*bi)
+                        ),
+                    }),
+                };
+                progress.advance(job.len(&rm));
+                tracing::debug!(
+                    path = %path_string(&rm, ri),
+                    len = job.len(&rm),
+                    us = t.elapsed().as_micros() as u64,
+                    "hydrated"
+                );
+                (ri, r)
+            },
+        )
         .collect();
     let mut done: Vec<Done> = Vec::new();
     let mut failed: Vec<(u32, CorruptItem)> = Vec::new();
-    for (r, &ri) in results.into_iter().zip(&order) {
+    let mut copied: HashMap<u32, bool> = HashMap::new();
+    for (ri, r) in results {
         match r {
-            Ok(d) => {
+            Ok(Some(d)) => {
                 match d.kind {
                     None => report.unchanged += 1,
                     Some(PieceKind::Copy) => report.copies += 1,
@@ -720,9 +952,32 @@ pub fn apply(
                 }
                 done.push(d)
             }
-            Err(item) => failed.push((ri, item)),
+            Ok(None) => {
+                copied.entry(ri).or_insert(true);
+            }
+            Err(item) => {
+                if copied.insert(ri, false) != Some(false) {
+                    failed.push((ri, item));
+                }
+            }
         }
     }
+    let mut copied: Vec<(u32, bool)> = copied.into_iter().collect();
+    copied.sort_unstable();
+    for (ri, ok) in copied {
+        if ok && !failed.iter().any(|f| f.0 == ri) {
+            let (bi, hash) = known[&ri];
+            report.unchanged += 1;
+            done.push(Done {
+                ri,
+                hash,
+                same_as: Some(bi),
+                rev: None,
+                kind: None,
+            });
+        }
+    }
+    failed.sort_by_key(|f| f.0);
     items.extend(failed.iter().map(|f| f.1.clone()));
     tracing::info!(
         elapsed_ms = t0.elapsed().as_millis() as u64,
@@ -731,7 +986,7 @@ pub fn apply(
     );
 
     // Start writing the contents back now; the fsync at the end waits less.
-    start_writeback(&output.file);
+    start_writeback(&output.file, 0, 0);
 
     // Repair.
     if !failed.is_empty() {
@@ -762,7 +1017,8 @@ pub fn apply(
                     report.repaired.push(item);
                     done.push(Done {
                         ri,
-                        hash,
+                        hash: Some(hash),
+                        same_as: None,
                         rev: None,
                         kind: None,
                     });
@@ -901,11 +1157,16 @@ pub fn apply(
 
 /// Asks the kernel to start writing a file's dirty pages back without
 /// waiting (the durable `fsync` comes later).
-fn start_writeback(f: &File) {
+fn start_writeback(f: &File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
     // SAFETY: a plain syscall on a descriptor we own; no memory is passed.
     unsafe {
-        libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+        libc::sync_file_range(
+            f.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
     }
 }
 
@@ -959,7 +1220,7 @@ fn hydrate_one(
         Ok(())
     };
     let bpath = |bi: u32| view.bpath(bi);
-    let (blob, hash, rev, kind) = match piece {
+    let (blob, hash, rev, same_as) = match piece {
         None => {
             // Unchanged: the base content at the same path.
             let (_, bc) = view.meta.as_ref().ok_or_else(|| {
@@ -977,11 +1238,9 @@ fn hydrate_one(
             let (b, known) = view
                 .get(bi)
                 .map_err(|w| fail(format!("unchanged from the base, but {w}")))?;
-            let h = match known {
-                Some(h) => h,
-                None => b.hash().map_err(|e| fail(e.to_string()))?,
-            };
-            (b, h, None, None)
+            // Verified as read (N's block hashes, or the reverse
+            // differential's hash); the signature checks the whole at the end.
+            (b, known, None, Some(bi))
         }
         Some(p) => {
             let data = match &p.payload {
@@ -1053,7 +1312,11 @@ fn hydrate_one(
                 }
                 _ => None,
             };
-            (out, p.out_hash, rev, Some(p.kind))
+            let same_as = match p.kind {
+                PieceKind::Copy => p.base.as_ref().map(|b| b.inode),
+                _ => None,
+            };
+            (out, Some(p.out_hash), rev, same_as)
         }
     };
     if blob.len() != size {
@@ -1068,8 +1331,9 @@ fn hydrate_one(
     Ok(Done {
         ri,
         hash,
+        same_as,
         rev,
-        kind,
+        kind: piece.map(|p| p.kind),
     })
 }
 
@@ -1099,11 +1363,22 @@ fn reverse_table(
     report: &mut ApplyReport,
 ) -> Result<(Table, Vec<(u64, u64)>)> {
     let mut r_by_hash: HashMap<Hash, u32> = HashMap::new();
+    // Base contents the target kept (unchanged or copied): the smallest
+    // target content, with the base hash when one is known.
+    let mut same: HashMap<u32, (u32, Option<Hash>)> = HashMap::new();
     for d in &done {
-        r_by_hash
-            .entry(d.hash)
-            .and_modify(|v| *v = (*v).min(d.ri))
-            .or_insert(d.ri);
+        if let Some(h) = d.hash {
+            r_by_hash
+                .entry(h)
+                .and_modify(|v| *v = (*v).min(d.ri))
+                .or_insert(d.ri);
+        }
+        if let Some(bi) = d.same_as {
+            let e = same.entry(bi).or_insert((d.ri, d.hash));
+            if d.ri < e.0 {
+                *e = (d.ri, d.hash.or(e.1));
+            }
+        }
     }
     let Some((bm, bc)) = &view.meta else {
         return Ok((
@@ -1135,12 +1410,27 @@ fn reverse_table(
     let rr = Reader::new(hydrated, true);
     let known_hash = |bi: u32| -> Option<Hash> {
         match &view.base {
-            Base::Rev { rev, .. } => rev.table.entry(bi).map(|e| e.hash),
+            Base::Rev { rev, .. } => rev
+                .table
+                .entry(bi)
+                .map(|e| e.hash)
+                .filter(|h| h != &[0; 32]),
             _ => None,
         }
     };
     let work = |bi: u32| -> Result<(Entry, Option<Vec<u8>>)> {
         let size = bm.inode(bi).size();
+        if let Some(&(ri, h)) = same.get(&bi) {
+            return Ok((
+                Entry {
+                    inode: bi,
+                    size,
+                    hash: h.or_else(|| known_hash(bi)).unwrap_or([0; 32]),
+                    source: Source::Same { inode: ri },
+                },
+                None,
+            ));
+        }
         if let Some(h) = known_hash(bi) {
             if let Some(&ri) = r_by_hash.get(&h) {
                 return Ok((

@@ -82,7 +82,7 @@ impl<'a> Reader<'a> {
             // SAFETY: a read-only private mapping of a file that is only
             // replaced by rename, never rewritten in place; every byte used
             // is checked against the fragment's signed block hashes.
-            .and_then(|f| unsafe { memmap2::MmapOptions::new().populate().map(&f) }.ok())
+            .and_then(|f| unsafe { Mmap::map(&f) }.ok())
             .map(Arc::new);
         Reader { frag, map }
     }
@@ -131,6 +131,33 @@ impl<'a> Reader<'a> {
         sink.finish()
             .map_err(Error::io(dir, "write a scratch file"))
     }
+}
+
+/// Reads `buf.len()` bytes of regular inode `ino` at `off` (inside the
+/// file), verified: like `Fragment::read_file`, but only the holes are
+/// zeroed, not the whole buffer first.
+pub fn read_range(frag: &Fragment, ino: u32, off: u64, buf: &mut [u8]) -> fragments::Result<()> {
+    let end = off + buf.len() as u64;
+    let mut covered = off;
+    for e in frag.metadata().extents_of(ino) {
+        let (a, z) = (e.file_offset.max(off), (e.file_offset + e.len).min(end));
+        if a >= z {
+            continue;
+        }
+        if a > covered {
+            buf[(covered - off) as usize..(a - off) as usize].fill(0);
+        }
+        frag.read_region(
+            e.region,
+            e.region_offset + (a - e.file_offset),
+            &mut buf[(a - off) as usize..(z - off) as usize],
+        )?;
+        covered = z;
+    }
+    if covered < end {
+        buf[(covered - off) as usize..].fill(0);
+    }
+    Ok(())
 }
 
 /// The logical bytes of a fragment's metadata region, verified.

@@ -34,7 +34,9 @@
 //! entry count               var
 //! entries                   entry each, strictly ascending base inode
 //!
-//! entry: base inode var, size var, base hash (blake3 of the base content),
+//! entry: base inode var, size var, base hash (blake3 of the base content;
+//!        all zero in a `same` entry whose content was copied without
+//!        hashing: this fragment's signed block hashes vouch for it),
 //!        source u8: 0 missing (could not be computed), 1 same (this
 //!        fragment's content at inode), 2 delta (from this fragment's content
 //!        at inode), 3 full (compressed base content);
