@@ -37,6 +37,10 @@ done
 # libnbd's Python module (the multi-connection tests drive it), in Debian's python.
 /usr/bin/python3 -c 'import nbd' >/dev/null 2>&1 || missing+=(python3-libnbd)
 if [ ${#missing[@]} -gt 0 ]; then
+  # qemu-system-x86 can pull a newer qemu-system-common that conflicts with
+  # an older preinstalled qemu-utils (apt then removes qemu-img/qemu-io):
+  # install them together so apt upgrades both.
+  case " ${missing[*]} " in *" qemu-system-x86 "*) missing+=(qemu-utils) ;; esac
   echo "installing: ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
