@@ -885,9 +885,16 @@ pub fn apply(
     };
     let results: Vec<(u32, std::result::Result<Option<Done>, CorruptItem>)> = jobs
         .par_iter()
-        .map_init(
-            || vec![0u8; PIECE as usize],
-            |buf, job| {
+        .map(|job| {
+            thread_local! {
+                // One copy buffer per worker thread for the whole apply
+                // (rayon's map_init would make one per split).
+                static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+            }
+            BUF.with_borrow_mut(|buf| {
+                if buf.len() < PIECE as usize {
+                    buf.resize(PIECE as usize, 0);
+                }
                 let t = std::time::Instant::now();
                 let ri = job.ri();
                 let r = match job {
@@ -935,8 +942,8 @@ pub fn apply(
                     "hydrated"
                 );
                 (ri, r)
-            },
-        )
+            })
+        })
         .collect();
     let mut done: Vec<Done> = Vec::new();
     let mut failed: Vec<(u32, CorruptItem)> = Vec::new();

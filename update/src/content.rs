@@ -147,11 +147,29 @@ pub fn read_range(frag: &Fragment, ino: u32, off: u64, buf: &mut [u8]) -> fragme
         if a > covered {
             buf[(covered - off) as usize..(a - off) as usize].fill(0);
         }
-        frag.read_region(
-            e.region,
-            e.region_offset + (a - e.file_offset),
-            &mut buf[(a - off) as usize..(z - off) as usize],
-        )?;
+        let dst = &mut buf[(a - off) as usize..(z - off) as usize];
+        let at = e.region_offset + (a - e.file_offset);
+        // Whole blocks straight into the buffer; a partial last block (the
+        // end of a file, zero padded in a raw region) through a block-sized
+        // one, so the fragment reader needs no scratch copy of the range.
+        let whole = if at.is_multiple_of(BLOCK_SIZE) && frag.chunk_size(e.region).is_none() {
+            dst.len() / BLOCK_SIZE as usize * BLOCK_SIZE as usize
+        } else {
+            dst.len()
+        };
+        frag.read_region(e.region, at, &mut dst[..whole])?;
+        if whole < dst.len() {
+            let mut block = [0u8; BLOCK_SIZE as usize];
+            let tail = at + whole as u64;
+            let r = frag.region(e.region).expect("metadata checked at open");
+            if tail + BLOCK_SIZE <= r.stored_len {
+                frag.read_region(e.region, tail, &mut block)?;
+                let n = dst.len() - whole;
+                dst[whole..].copy_from_slice(&block[..n]);
+            } else {
+                frag.read_region(e.region, tail, &mut dst[whole..])?;
+            }
+        }
         covered = z;
     }
     if covered < end {
