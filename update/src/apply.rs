@@ -601,10 +601,24 @@ pub fn apply(
         Base::Rev { reader, rev } => {
             let e = &rev.table.metadata;
             let n_meta = metadata_bytes(reader.frag).map_err(|e| e.to_string());
-            let got = match (&e.source, n_meta) {
-                (_, Err(x)) => Err(x),
-                (Source::Same { .. }, Ok(nb)) => Ok(nb),
-                (Source::Delta { payload, .. }, Ok(nb)) | (Source::Full { payload }, Ok(nb)) => {
+            // The reverse file is local, unsigned state: its metadata size
+            // must be the one the stored base header signs for.
+            let want = Header::decode(
+                &rev.path,
+                &rev.base_header,
+                u64::from_le_bytes(rev.base_header[32..40].try_into().expect("8")),
+            )
+            .map(|h| h.regions[h.region_of(RegionKind::Metadata)].logical_len)
+            .map_err(|e| e.to_string());
+            let got = match (&e.source, n_meta, want) {
+                (_, _, Err(x)) | (_, Err(x), _) => Err(x),
+                (_, _, Ok(w)) if w != e.size => Err(format!(
+                    "metadata entry of {} bytes, the base header says {w}",
+                    e.size
+                )),
+                (Source::Same { .. }, Ok(nb), _) => Ok(nb),
+                (Source::Delta { payload, .. }, Ok(nb), _)
+                | (Source::Full { payload }, Ok(nb), _) => {
                     let base = matches!(e.source, Source::Delta { .. }).then(|| Blob::Mem(nb));
                     rev.payload(payload).and_then(|data| {
                         let mut sink =
@@ -623,7 +637,7 @@ pub fn apply(
                         }
                     })
                 }
-                (Source::Missing, _) => Err("its reverse differential is missing".into()),
+                (Source::Missing, _, _) => Err("its reverse differential is missing".into()),
             };
             got.and_then(|b| {
                 if blake3::hash(&b).as_bytes() == &e.hash {
