@@ -20,6 +20,8 @@ pub const BLOCK: usize = 4096;
 /// Blocks per shard group (and the largest run handled under one lock).
 pub const GROUP: u64 = 16;
 const SHARDS: usize = 64;
+/// Slots per slab of slot memory (256 KiB).
+const SLAB: usize = 64;
 
 /// Identifies one region of one fragment (see [`source_key`]).
 pub type SourceKey = u64;
@@ -56,14 +58,22 @@ struct Shard {
     index: Index,
     keys: Vec<(SourceKey, u64)>,
     referenced: Vec<bool>,
-    data: Vec<u8>,
+    /// Slot memory in fixed slabs of `SLAB` slots: growing never copies
+    /// what is cached (a doubling `Vec` would, under the shard lock).
+    slabs: Vec<Box<[u8]>>,
     hand: usize,
     capacity: usize,
 }
 
 impl Shard {
     fn slot(&self, i: u32) -> &[u8] {
-        &self.data[i as usize * BLOCK..(i as usize + 1) * BLOCK]
+        let (s, k) = (i as usize / SLAB, i as usize % SLAB);
+        &self.slabs[s][k * BLOCK..(k + 1) * BLOCK]
+    }
+
+    fn slot_mut(&mut self, i: u32) -> &mut [u8] {
+        let (s, k) = (i as usize / SLAB, i as usize % SLAB);
+        &mut self.slabs[s][k * BLOCK..(k + 1) * BLOCK]
     }
 
     /// A slot for a new entry: a fresh one while below capacity, else the
@@ -75,7 +85,9 @@ impl Shard {
         if self.keys.len() < self.capacity {
             self.keys.push((0, 0));
             self.referenced.push(false);
-            self.data.resize(self.keys.len() * BLOCK, 0);
+            if self.keys.len() > self.slabs.len() * SLAB {
+                self.slabs.push(vec![0u8; SLAB * BLOCK].into_boxed_slice());
+            }
             return Some((self.keys.len() - 1) as u32);
         }
         loop {
@@ -127,7 +139,7 @@ impl BlockCache {
                     index: Index::default(),
                     keys: Vec::new(),
                     referenced: Vec::new(),
-                    data: Vec::new(),
+                    slabs: Vec::new(),
                     hand: 0,
                     capacity: per_shard,
                 })
@@ -222,8 +234,7 @@ impl BlockCache {
                         None => return,
                     },
                 };
-                let at = slot as usize * BLOCK;
-                shard.data[at..at + BLOCK].copy_from_slice(bytes);
+                shard.slot_mut(slot).copy_from_slice(bytes);
             }
             b = stop;
         }

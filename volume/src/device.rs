@@ -11,6 +11,13 @@ use crate::error::{Error, Result};
 use crate::overlay::{Overlay, BASE, DATA, ZERO};
 
 const B: u64 = BLOCK as u64;
+/// Reads of at most this many blocks (128 KiB: a guest's readahead) fill
+/// the verified-block cache; larger ones only use it.
+const ADMIT_MAX_BLOCKS: usize = 32;
+/// Fragment reads are read and verified in pieces of this many blocks
+/// (aligned in the region), so the bytes are still in the CPU cache when
+/// hashed.
+const PIECE_BLOCKS: usize = 32;
 
 /// What every volume of one process shares: each fragment file opened
 /// once, and one verified-block cache.
@@ -335,14 +342,28 @@ impl Volume {
         };
         match f.chunk_size(region) {
             None => {
+                // Large reads are scans (a copy, a sequential read): caching
+                // them would evict the hot blocks for bytes read once.
+                let admit = n <= ADMIT_MAX_BLOCKS;
                 for (s, e, was_hit) in runs(&hit) {
                     if was_hit {
                         continue;
                     }
-                    let part = &mut out[s * BLOCK..e * BLOCK];
-                    f.read_blocks_into(region, first + s as u64, part)
-                        .map_err(|e| fail(e, s as u64))?;
-                    self.cache.insert(src, first + s as u64, part);
+                    // Read and check in pieces that stay in the CPU cache
+                    // between the copy from the page cache and the hash.
+                    let mut a = s;
+                    while a < e {
+                        // Aligned in the region: whole hash subtrees.
+                        let abs = first as usize + a;
+                        let b = e.min((abs / PIECE_BLOCKS + 1) * PIECE_BLOCKS - first as usize);
+                        let part = &mut out[a * BLOCK..b * BLOCK];
+                        f.read_blocks_into(region, first + a as u64, part)
+                            .map_err(|e| fail(e, a as u64))?;
+                        if admit {
+                            self.cache.insert(src, first + a as u64, part);
+                        }
+                        a = b;
+                    }
                 }
             }
             Some(cs) => {
