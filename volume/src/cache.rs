@@ -78,7 +78,7 @@ impl Shard {
 
     /// A slot for a new entry: a fresh one while below capacity, else the
     /// first unreferenced one under the CLOCK hand (its entry is evicted).
-    fn take_slot(&mut self) -> Option<u32> {
+    fn take_slot(&mut self) -> Option<(u32, bool)> {
         if self.capacity == 0 {
             return None;
         }
@@ -88,7 +88,7 @@ impl Shard {
             if self.keys.len() > self.slabs.len() * SLAB {
                 self.slabs.push(vec![0u8; SLAB * BLOCK].into_boxed_slice());
             }
-            return Some((self.keys.len() - 1) as u32);
+            return Some(((self.keys.len() - 1) as u32, true));
         }
         loop {
             let h = self.hand;
@@ -98,7 +98,7 @@ impl Shard {
             } else {
                 let old = self.keys[h];
                 self.index.remove(&old);
-                return Some(h as u32);
+                return Some((h as u32, false));
             }
         }
     }
@@ -117,6 +117,8 @@ pub struct BlockCache {
     shards: Vec<Mutex<Shard>>,
     hits: AtomicU64,
     misses: AtomicU64,
+    /// Slots handed out so far (they are never returned).
+    used: AtomicU64,
     capacity_blocks: u64,
 }
 
@@ -149,6 +151,7 @@ impl BlockCache {
             shards,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            used: AtomicU64::new(0),
             capacity_blocks: (per_shard * SHARDS) as u64,
         }
     }
@@ -159,6 +162,12 @@ impl BlockCache {
             misses: self.misses.load(Ordering::Relaxed),
             capacity_blocks: self.capacity_blocks,
         }
+    }
+
+    /// Whether the cache still has never-used room (most shards do not
+    /// need to evict yet): until then, even a scan may fill it.
+    pub fn has_room(&self) -> bool {
+        self.used.load(Ordering::Relaxed) + (SHARDS as u64 * SLAB as u64) < self.capacity_blocks
     }
 
     fn shard(&self, src: SourceKey, block: u64) -> &Mutex<Shard> {
@@ -226,7 +235,10 @@ impl BlockCache {
                 let slot = match shard.index.get(&(src, k)).copied() {
                     Some(s) => s,
                     None => match shard.take_slot() {
-                        Some(s) => {
+                        Some((s, fresh)) => {
+                            if fresh {
+                                self.used.fetch_add(1, Ordering::Relaxed);
+                            }
                             shard.index.insert((src, k), s);
                             shard.keys[s as usize] = (src, k);
                             s
@@ -278,6 +290,19 @@ mod tests {
         assert!(total <= 256, "{total} entries for 256 slots");
         let hits = c.get(src, 1000 + 499 * 4, &mut out, &mut hit);
         assert_eq!(hits, 4, "the latest insert is cached");
+    }
+
+    #[test]
+    fn room_runs_out_as_slots_are_used() {
+        let c = BlockCache::new((SHARDS * SLAB * 4 * BLOCK) as u64);
+        assert!(c.has_room());
+        let src = source_key(&[3; 32], 0);
+        let data = vec![5u8; 64 * BLOCK];
+        for k in 0..(SHARDS * SLAB * 8 / 64) as u64 {
+            c.insert(src, k * 64, &data);
+        }
+        assert!(!c.has_room(), "every slot was used");
+        assert!(!BlockCache::new(0).has_room());
     }
 
     #[test]

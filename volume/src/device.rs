@@ -12,7 +12,7 @@ use crate::overlay::{Overlay, BASE, DATA, ZERO};
 
 const B: u64 = BLOCK as u64;
 /// Reads of at most this many blocks (128 KiB: a guest's readahead) fill
-/// the verified-block cache; larger ones only use it.
+/// the verified-block cache; larger ones (scans) only while it has room.
 const ADMIT_MAX_BLOCKS: usize = 32;
 /// Fragment reads are read and verified in pieces of this many blocks
 /// (aligned in the region), so the bytes are still in the CPU cache when
@@ -344,7 +344,7 @@ impl Volume {
             None => {
                 // Large reads are scans (a copy, a sequential read): caching
                 // them would evict the hot blocks for bytes read once.
-                let admit = n <= ADMIT_MAX_BLOCKS;
+                let admit = n <= ADMIT_MAX_BLOCKS || self.cache.has_room();
                 for (s, e, was_hit) in runs(&hit) {
                     if was_hit {
                         continue;
