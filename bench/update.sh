@@ -16,7 +16,8 @@
 # is the whole command: package checks, reverse differentials computed and
 # written, regions, hash region, signature check, fsync of both files and of
 # the directory. Throughput = bytes of the hydrated fragment / wall time.
-# Peak RSS from /usr/bin/time -v. The hydrated fragments are compared with
+# CPU = user + system time (the least of the runs): on a shared machine
+# the wall time also measures the neighbours. Peak RSS from /usr/bin/time -v. The hydrated fragments are compared with
 # the lab's byte for byte (cmp) and the script fails if they differ.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -103,7 +104,7 @@ printf "| full R fragment (--compress zstd) | %s | %.2f | |\n" "$(size "$work/R.
 # --- apply ---
 # best wall time of RUNS runs of: $1 label, $2 from, $3 package, $4 out, $5 lab copy
 apply_row() {
-  local label=$1 from=$2 pkg=$3 out=$4 lab=$5 best="" rss=0 tmp="$work/time.txt"
+  local label=$1 from=$2 pkg=$3 out=$4 lab=$5 best="" cpu="" rss=0 tmp="$work/time.txt"
   for _ in $(seq "$runs"); do
     rm -f "$out" "$out.rev"
     sync
@@ -113,13 +114,16 @@ apply_row() {
     local w r
     w=$(awk -F': ' '/Elapsed \(wall clock\)/ {n = split($2, p, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + p[i]; print s}' "$tmp")
     r=$(awk -F': ' '/Maximum resident/ {print $2}' "$tmp")
+    c=$(awk -F': ' '/User time|System time/ {s += $2} END {print s}' "$tmp")
     if [ -z "$best" ] || [ "$(echo "$w < $best" | bc)" = 1 ]; then best=$w; fi
+    if [ -z "$cpu" ] || [ "$(echo "$c < $cpu" | bc)" = 1 ]; then cpu=$c; fi
     [ "$r" -gt "$rss" ] && rss=$r
   done
   local bytes mbps
   bytes=$(size "$out")
   mbps=$(echo "$bytes / $best / 1000000" | bc -l)
-  printf "| %s | %s | %.2f | **%.0f** | %s | %.0f MiB |\n" "$label" "$bytes" "$best" "$mbps" \
+  printf "| %s | %s | %.2f | **%.0f** | %.2f | %.0f | %s | %.0f MiB |\n" "$label" "$bytes" "$best" "$mbps" \
+    "$cpu" "$(echo "$bytes / $cpu / 1000000" | bc -l)" \
     "$(size "$out.rev" 2>/dev/null || echo -)" "$(echo "$rss / 1024" | bc -l)"
 }
 dev="$work/device"
@@ -127,8 +131,10 @@ mkdir -p "$dev"
 cp "$work/B.frag" "$dev/B.frag"
 cp "$work/B.z.frag" "$dev/B.z.frag"
 echo
-echo "| apply (best of $runs, fsync included) | output bytes | wall s | MB/s | .rev bytes | peak RSS |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+echo "load average before the applies: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) cores)"
+echo
+echo "| apply (best of $runs, fsync included) | output bytes | wall s | MB/s | CPU s | MB per CPU s | .rev bytes | peak RSS |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 apply_row "B -> N (device on the base)" "$dev/B.frag" "$work/N.mupd" "$dev/N.frag" "$work/N.frag"
 apply_row "**N + N.frag.rev -> R**" "$dev/N.frag" "$work/R.mupd" "$dev/R.frag" "$work/R.frag"
 apply_row "B -> R" "$dev/B.frag" "$work/R.mupd" "$dev/R2.frag" "$work/R.frag"
