@@ -103,6 +103,7 @@ fn load_trust(paths: &[PathBuf]) -> Result<Vec<VerifyingKey>> {
 }
 
 pub fn run(cmd: UpdateCmd) -> Result<ExitCode> {
+    update::tune_allocator();
     match cmd {
         UpdateCmd::Diff {
             base,
@@ -191,14 +192,15 @@ pub fn run(cmd: UpdateCmd) -> Result<ExitCode> {
                     r.fragment_bytes,
                 );
                 println!(
-                    "from {}: {} contents ({} bytes): {} unchanged, {} differentials, {} null differentials, {} copies",
+                    "from {}: {} contents ({} bytes): {} unchanged, {} differentials, {} null differentials, {} copies; {} already current",
                     if r.from_base { "the base" } else { "a later revision and its reverse differentials" },
                     r.contents,
                     r.content_bytes,
                     r.unchanged,
                     r.deltas,
                     r.fulls,
-                    r.copies
+                    r.copies,
+                    r.already_current
                 );
                 println!(
                     "reverse differentials: {} same, {} differentials, {} full, {} missing",

@@ -129,6 +129,8 @@ fn full_chain(zstd: bool, diff_extra: &[&str], apply_extra: &[&str]) -> Lab {
     let o = apply(&n, &l.r_pkg, &l.public, &r, apply_extra);
     assert_eq!(code(&o), 0, "N -> R: {}", stderr(&o));
     assert!(stdout(&o).contains("later revision"), "{}", stdout(&o));
+    // /bin/tool changed from B to N and not from N to R.
+    assert!(stdout(&o).contains("; 1 already current"), "{}", stdout(&o));
     same_bytes(&r, &l.r);
     assert!(rev_of(&r).exists());
     let v = mosaic([
@@ -353,9 +355,9 @@ fn every_corruption_is_named_and_repaired() {
     corruption_case(
         &l,
         "package-delta",
-        &|_, _, pkg| flip(pkg, package_offset(pkg, "/bin/tool")),
+        &|_, _, pkg| flip(pkg, package_offset(pkg, "/lib/libfoo-1.3.so")),
         &[
-            "/bin/tool",
+            "/lib/libfoo-1.3.so",
             "forward differential in the package is corrupt",
         ],
         1,
@@ -379,10 +381,15 @@ fn every_corruption_is_named_and_repaired() {
         &|n, rev, pkg| {
             flip(n, content_offset(n, "/etc/same-too"));
             flip(rev, rev_offset(rev, &bm, "/bin/big"));
-            flip(pkg, package_offset(pkg, "/bin/tool"));
+            flip(pkg, package_offset(pkg, "/lib/libfoo-1.3.so"));
             flip(pkg, package_offset(pkg, "/new/added"));
         },
-        &["/etc/same-too", "/bin/big", "/bin/tool", "/new/added"],
+        &[
+            "/etc/same-too",
+            "/bin/big",
+            "/lib/libfoo-1.3.so",
+            "/new/added",
+        ],
         4,
     );
     // Missing reverse differentials: the base, so its metadata, is gone; the

@@ -122,7 +122,7 @@ fn set_mtime(p: &Path, sec: i64) -> nix::Result<()> {
 /// | path | B | N | R |
 /// |---|---|---|---|
 /// | /bin/big (2 MiB) + hard link /bin/big-link | b | edited | edited again |
-/// | /bin/tool (300 KiB) | t | t | edited |
+/// | /bin/tool (300 KiB) | t | edited | the same as N |
 /// | /lib/libfoo-1.2.so (200 KiB) | l | l | renamed to /lib/libfoo-1.3.so, edited |
 /// | /etc/conf (small text, xattr) | c | edited | edited, xattr changed |
 /// | /etc/same, /etc/same-too (small) | s | s | s |
@@ -152,10 +152,11 @@ pub fn make_trees(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         };
         put(root, "bin/big", &big_v, 0o755);
         fs::hard_link(root.join("bin/big"), root.join("bin/big-link")).unwrap();
+        // Changed in N, kept in R: the device at N already has R's bytes.
         put(
             root,
             "bin/tool",
-            &if rev == 2 {
+            &if rev >= 1 {
                 edited(&tool, 30)
             } else {
                 tool.clone()

@@ -93,6 +93,9 @@ pub struct ApplyReport {
     pub copies: u64,
     pub deltas: u64,
     pub fulls: u64,
+    /// Differentials not needed: the fragment already held the target's
+    /// bytes (counted among `deltas` and `fulls` too).
+    pub already_current: u64,
     /// Items that failed and were repaired from the repair source.
     pub repaired: Vec<CorruptItem>,
     pub reverse_same: u64,
@@ -111,6 +114,8 @@ enum Base<'a> {
     Rev {
         reader: Reader<'a>,
         rev: Box<RevFile>,
+        /// The contents of the device's fragment.
+        contents: Contents,
     },
     /// Nothing of the base can be had (why).
     Unavailable(String),
@@ -122,6 +127,8 @@ struct BaseView<'a> {
     meta: Option<(Metadata, Contents)>,
     meta_bytes: Option<Vec<u8>>,
     mem_limit: u64,
+    /// Frame size of the reverse differentials this apply writes.
+    rev_frame_size: u64,
     dir: PathBuf,
 }
 
@@ -143,7 +150,7 @@ impl BaseView<'_> {
                     .map(|b| (b, None))
                     .map_err(|e| format!("base file {} unreadable: {e}", self.bpath(bi)));
             }
-            Base::Rev { reader, rev } => (reader, rev),
+            Base::Rev { reader, rev, .. } => (reader, rev),
         };
         let n_meta = reader.frag.metadata();
         let e = rev.table.entry(bi).ok_or_else(|| {
@@ -426,15 +433,20 @@ fn finish_regions(
     Ok(())
 }
 
+/// A reverse differential made during hydration: (base inode, entry, bytes).
+type RevDelta = (u32, Entry, Vec<u8>);
+
 struct Done {
     ri: u32,
     /// blake3 of the content, when it was computed or is vouched for.
     hash: Option<Hash>,
     /// The base content it is identical to (unchanged or copied).
     same_as: Option<u32>,
-    /// A reverse differential computed inline: (base inode, entry, bytes).
-    rev: Option<(u32, Entry, Vec<u8>)>,
+    /// A reverse differential computed inline.
+    rev: Option<RevDelta>,
     kind: Option<PieceKind>,
+    /// The device's fragment already held these bytes.
+    current: bool,
 }
 
 /// Work of the hydration pass.
@@ -567,7 +579,11 @@ pub fn apply(
                 rev_in.display(),
                 fragment.display()
             )),
-            Ok(rev) => Base::Rev { reader: Reader::new(n, true), rev: Box::new(rev) },
+            Ok(rev) => Base::Rev {
+                reader: Reader::new(n, true),
+                rev: Box::new(rev),
+                contents: Contents::of(n.metadata()),
+            },
             Err(e) if rev_in.exists() => Base::Unavailable(format!("reverse differentials unusable: {e}")),
             Err(_) => Base::Unavailable(format!(
                 "{} is not the package's base ({} {}, id {}) and its reverse differentials {} are missing",
@@ -584,6 +600,7 @@ pub fn apply(
         meta: None,
         meta_bytes: None,
         mem_limit: opts.mem_limit,
+        rev_frame_size: opts.rev_frame_size,
         dir: dir.clone(),
     };
     // The base's metadata.
@@ -598,7 +615,7 @@ pub fn apply(
                 .map(|b| (b, hb))
                 .map_err(|e| e.to_string())
         })(),
-        Base::Rev { reader, rev } => {
+        Base::Rev { reader, rev, .. } => {
             let e = &rev.table.metadata;
             let n_meta = metadata_bytes(reader.frag).map_err(|e| e.to_string());
             // The reverse file is local, unsigned state: its metadata size
@@ -856,7 +873,7 @@ pub fn apply(
             (base, Some((bm, bc)), false) => bc.at_path(bm, &rm.path_of(ri)).and_then(|bi| {
                 let (reader, src, hash) = match base {
                     Base::Direct { reader } => (reader, bi, None),
-                    Base::Rev { reader, rev } => match rev.table.entry(bi) {
+                    Base::Rev { reader, rev, .. } => match rev.table.entry(bi) {
                         Some(Entry {
                             source: Source::Same { inode },
                             hash,
@@ -965,6 +982,7 @@ pub fn apply(
     for (ri, r) in results {
         match r {
             Ok(Some(d)) => {
+                report.already_current += d.current as u64;
                 match d.kind {
                     None => report.unchanged += 1,
                     Some(PieceKind::Copy) => report.copies += 1,
@@ -995,6 +1013,7 @@ pub fn apply(
                 same_as: Some(bi),
                 rev: None,
                 kind: None,
+                current: false,
             });
         }
     }
@@ -1042,6 +1061,7 @@ pub fn apply(
                         same_as: None,
                         rev: None,
                         kind: None,
+                        current: false,
                     });
                 }
                 Err(e) => still.push(CorruptItem {
@@ -1241,6 +1261,11 @@ fn hydrate_one(
         Ok(())
     };
     let bpath = |bi: u32| view.bpath(bi);
+    let current = match piece {
+        Some(p) if p.kind != PieceKind::Copy => already_current(ri, rm, p, view),
+        _ => None,
+    };
+    let is_current = current.is_some();
     let (blob, hash, rev, same_as) = match piece {
         None => {
             // Unchanged: the base content at the same path.
@@ -1262,6 +1287,13 @@ fn hydrate_one(
             // Verified as read (N's block hashes, or the reverse
             // differential's hash); the signature checks the whole at the end.
             (b, known, None, Some(bi))
+        }
+        Some(p) if current.is_some() => {
+            // The device already has the target's bytes (changed from the
+            // base in N, unchanged from N to R): no differential to apply,
+            // and N's reverse differential stays valid for R.
+            let (nb, rev) = current.expect("checked");
+            (nb, Some(p.out_hash), rev, None)
         }
         Some(p) => {
             let data = match &p.payload {
@@ -1355,7 +1387,65 @@ fn hydrate_one(
         same_as,
         rev,
         kind: piece.map(|p| p.kind),
+        current: is_current,
     })
+}
+
+/// On a device at N (not the base): when N's file at the target's path
+/// already holds the target content (checked: blake3 against the signed
+/// output hash), that content, and the reverse differential from it to the
+/// base carried over from N's reverse file when it starts from that file.
+fn already_current(
+    ri: u32,
+    rm: &Metadata,
+    p: &Piece,
+    view: &BaseView,
+) -> Option<(Blob, Option<RevDelta>)> {
+    let Base::Rev {
+        reader,
+        rev,
+        contents,
+    } = &view.base
+    else {
+        return None;
+    };
+    let nm = reader.frag.metadata();
+    let nc = contents.at_path(nm, &rm.path_of(ri))?;
+    if nm.inode(nc).size() != p.size {
+        return None;
+    }
+    let nb = reader.read(nc, view.mem_limit, &view.dir).ok()?;
+    if nb.hash().ok()? != p.out_hash {
+        return None;
+    }
+    let carried = p.base.as_ref().and_then(|br| {
+        let e = rev.table.entry(br.inode)?;
+        match &e.source {
+            Source::Delta { inode, payload }
+                if *inode == nc && rev.table.frame_size == view.rev_frame_size =>
+            {
+                let bytes = rev.payload(payload).ok()?;
+                Some((
+                    br.inode,
+                    Entry {
+                        inode: br.inode,
+                        size: e.size,
+                        hash: e.hash,
+                        source: Source::Delta {
+                            inode: ri,
+                            payload: RevPayload {
+                                offset: 0,
+                                ..payload.clone()
+                            },
+                        },
+                    },
+                    bytes,
+                ))
+            }
+            _ => None,
+        }
+    });
+    Some((nb, carried))
 }
 
 fn kind_name(k: PieceKind) -> &'static str {

@@ -117,13 +117,19 @@ impl<'a> Reader<'a> {
                 }
             }
         }
+        if size <= mem_limit {
+            // Straight into the content's own buffer: no staging copy.
+            let mut v = vec![0u8; size as usize];
+            read_range(self.frag, ino, 0, &mut v)?;
+            return Ok(Blob::Mem(v));
+        }
         let mut sink =
             BlobSink::new(size, mem_limit, dir).map_err(Error::io(dir, "create a scratch file"))?;
         let mut buf = vec![0u8; PIECE.min(size) as usize];
         let mut off = 0;
         while off < size {
             let n = PIECE.min(size - off) as usize;
-            self.frag.read_file(ino, off, &mut buf[..n])?;
+            read_range(self.frag, ino, off, &mut buf[..n])?;
             sink.push(&buf[..n])
                 .map_err(Error::io(dir, "write a scratch file"))?;
             off += n as u64;

@@ -53,6 +53,18 @@ pub use package::{Package, PackageTrust};
 use std::io::Write;
 use std::path::Path;
 
+/// Asks glibc to keep freed memory for reuse instead of handing every large
+/// buffer back to the kernel: an apply allocates and frees many content
+/// buffers of a few MiB, and fresh pages cost a fault and a zeroing each.
+/// Process-wide: for the CLI to call once, not for library users.
+pub fn tune_allocator() {
+    // SAFETY: mallopt only changes allocator parameters.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
+}
+
 /// The directory holding `path` ("." for a bare file name).
 pub(crate) fn dir_of(path: &Path) -> &Path {
     path.parent()
