@@ -582,6 +582,21 @@ fn reapplying_replaces_the_output_and_a_failed_apply_leaves_it_alone() {
     assert_eq!(code(&o), 1, "{}", stderr(&o));
     same_bytes(&out, &l.r);
     assert_eq!(fs::read(rev_of(&out)).unwrap(), rev_before);
+    // Reverse differentials kept elsewhere, named with --reverse.
+    let moved = dev.join("elsewhere.rev");
+    fs::rename(rev_of(&n), &moved).unwrap();
+    let o = apply(&n, &l.r_pkg, &l.public, &out, &[]);
+    assert_eq!(code(&o), 1, "without N.frag.rev: {}", stderr(&o));
+    let o = apply(
+        &n,
+        &l.r_pkg,
+        &l.public,
+        &out,
+        &["--reverse", moved.to_str().unwrap()],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    same_bytes(&out, &l.r);
+    fs::rename(&moved, rev_of(&n)).unwrap();
     // Applying in place: the device's own fragment is replaced by R.
     let o = apply(&n, &l.r_pkg, &l.public, &n, &[]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
