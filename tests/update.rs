@@ -603,3 +603,57 @@ fn reapplying_replaces_the_output_and_a_failed_apply_leaves_it_alone() {
     same_bytes(&n, &l.r);
     assert!(temp_files(&dev).is_empty(), "{:?}", temp_files(&dev));
 }
+
+/// Byte flips anywhere in a package or a reverse file never panic: opening
+/// refuses them or applying names what broke (or, for bytes the apply does
+/// not need, succeeds byte-identically).
+#[test]
+fn flipped_bytes_in_packages_and_reverse_files_never_panic() {
+    let l = lab(false, &[]);
+    let (dev, n) = device_on_n(&l, "dev", &[]);
+    let trusted = [key(1).verifying_key()];
+    let pkg_bytes = fs::read(&l.r_pkg).unwrap();
+    let rev_bytes = fs::read(rev_of(&n)).unwrap();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |m: usize| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % m as u64) as usize
+    };
+    let out = dev.join("R.frag");
+    let opts = update::ApplyOptions::default();
+    let (mut refused, mut ok) = (0, 0);
+    for round in 0..120 {
+        let (pkg, rev) = (dev.join("f.mupd"), rev_of(&n));
+        let mut p = pkg_bytes.clone();
+        let mut r = rev_bytes.clone();
+        if round % 2 == 0 {
+            let at = next(p.len());
+            p[at] ^= 1 << next(8);
+        } else {
+            let at = next(r.len());
+            r[at] ^= 1 << next(8);
+        }
+        fs::write(&pkg, &p).unwrap();
+        fs::write(&rev, &r).unwrap();
+        let _ = update::Package::open(&pkg, update::PackageTrust::AnySigner);
+        let _ = update::rev::RevFile::open(&rev);
+        match update::apply(&n, &pkg, &trusted, &out, &opts, &fragments::NoProgress) {
+            Ok(_) => {
+                same_bytes(&out, &l.r);
+                ok += 1;
+            }
+            Err(e) => {
+                assert!(e.is_invalid_input(), "round {round}: {e}");
+                refused += 1;
+            }
+        }
+    }
+    fs::write(rev_of(&n), &rev_bytes).unwrap();
+    // Most bytes of both files are needed by this apply, so most flips are refused.
+    assert!(
+        refused > 60 && ok + refused == 120,
+        "refused {refused}, ok {ok}"
+    );
+}
