@@ -6,17 +6,23 @@
 //! 2. base view: N is B, or N + N.frag.rev -> B    (another base: refused)
 //! 3. R's metadata: B's metadata + delta           (checked: output hash)
 //! 4. per content of R, in parallel:
-//!      base content (N, or N + reverse delta)     check: input hash
+//!    unchanged from B: copied from N in 8 MiB pieces, N's block hashes
+//!      checked as read (or rebuilt through the reverse delta, checked)
+//!    already on the device (changed in N, kept in R): N's bytes once their
+//!      blake3 is the signed output hash; N's reverse delta carried over
+//!    else: base content (N, or N + reverse delta)  check: input hash
 //!      forward differential                       check: its hash, output hash
-//!      write it where R's extents say
-//!      reverse differential R -> B (inline, for deltas)
+//!      reverse differential R -> B, computed on the spot
+//!    written where R's extents say, block hashes computed as written;
 //!    every failure recorded, the rest goes on
 //! 5. repair every recorded item from --repair-source (the full R), or fail
 //!    naming every file
 //! 6. regions (compressed exactly as the builder does), hash region, R's
-//!    signed header; open with the trusted keys, verify every block
+//!    signed header; open with the trusted keys: the signed roots over the
+//!    block hashes of the bytes as written vouch for every byte
+//!    (`verify_all` reads it all back once more, optional)
 //! 7. the remaining reverse differentials, from the verified R
-//! 8. fsync, rename R.frag.rev then R.frag
+//! 8. fsync, rename R.frag.rev then R.frag, fsync the directory
 //! ```
 
 use crate::blob::{Blob, BlobSink, PIECE};

@@ -21,7 +21,8 @@
 //!   tests, versioned (higher major rejected, higher minor accepted).
 //! - **Byte-identical hydration**: builds are deterministic, so R is
 //!   rebuilt region by region from R's metadata and contents; the result is
-//!   opened with the trusted keys and every block verified, or refused.
+//!   opened with the trusted keys (signed roots over the block hashes of
+//!   the bytes as written), or refused.
 //! - **Checks at every step**: the input (base content) and output of every
 //!   differential against the blake3 in the signed manifest, each
 //!   differential's own hash; failures are recorded, the rest goes on, and
