@@ -18,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 total=${1:-60}
-read -r -a targets <<<"${FUZZ_TARGETS:-fragment_open fragment_unsigned_parse fragment_resigned}"
+read -r -a targets <<<"${FUZZ_TARGETS:-fragment_open fragment_unsigned_parse fragment_resigned update_tables}"
 sanitizer=${FUZZ_SANITIZER:-address}
 share=$(( total / ${#targets[@]} ))
 [ "$share" -ge 1 ] || share=1

@@ -20,10 +20,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const TARGETS: [&str; 3] = [
+const TARGETS: [&str; 4] = [
     "fragment_open",
     "fragment_unsigned_parse",
     "fragment_resigned",
+    "update_tables",
 ];
 
 /// Signs with `fuzz_bodies::RESIGN_SECRET` through the openssl CLI; the
@@ -75,6 +76,7 @@ fn run_target(target: &str, data: &[u8], signer: &OpensslSigner) {
     match target {
         "fragment_open" => fuzz_bodies::fragment_open(data),
         "fragment_unsigned_parse" => fuzz_bodies::unsigned_parse(data),
+        "update_tables" => fuzz_bodies::update_tables(data),
         "fragment_resigned" => {
             fuzz_bodies::fragment_resigned(data, signer.public(), &|m| signer.sign(m))
         }

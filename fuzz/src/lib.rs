@@ -365,3 +365,20 @@ pub fn fragment_resigned(data: &[u8], public: [u8; 32], sign: SignFn) {
         fragment_open(&frag);
     }
 }
+
+/// The update formats' byte parsers, called directly: the package manifest
+/// (behind the package signature) and the reverse-delta table (local to
+/// the device, only checksummed). The first byte picks the parser.
+pub fn update_tables(data: &[u8]) {
+    let Some((&which, rest)) = data.split_first() else {
+        return;
+    };
+    let data_len = rest.len() as u64 * 4;
+    if which & 1 == 0 {
+        if let Ok(m) = update::package::Manifest::decode(rest, data_len) {
+            let _ = m.encode();
+        }
+    } else if let Ok(t) = update::rev::Table::decode(rest, data_len) {
+        let _ = t.encode();
+    }
+}
