@@ -335,21 +335,17 @@ impl Fragment {
     /// Reads whole verified blocks of a region straight into `buf` (a
     /// multiple of 4096 bytes). On a failed check `buf` is zeroed.
     pub fn read_blocks_into(&self, region: u32, first: u64, buf: &mut [u8]) -> Result<()> {
-        let r = self.region(region).filter(|r| r.kind != RegionKind::Hashes);
-        let last = first.checked_add((buf.len() / BLOCK) as u64);
-        let (r, last) = match (r, last) {
-            (Some(r), Some(last)) if last <= r.blocks() && buf.len().is_multiple_of(BLOCK) => {
-                (r, last)
-            }
-            _ => {
-                return Err(Error::OutOfRange {
-                    path: self.path.clone(),
-                    region,
-                    offset: first.saturating_mul(BLOCK_SIZE),
-                    len: buf.len() as u64,
-                    size: r.map_or(0, |r| r.stored_len),
-                })
-            }
+        let r = self
+            .region(region)
+            .filter(|r| r.kind != RegionKind::Hashes && buf.len().is_multiple_of(BLOCK))
+            .filter(|r| {
+                first
+                    .checked_add((buf.len() / BLOCK) as u64)
+                    .is_some_and(|last| last <= r.blocks())
+            });
+        let Some(r) = r else {
+            // Out of range: `check_blocks` reports it with the same error.
+            return self.check_blocks(region, first, buf);
         };
         pread(
             &self.file,
@@ -358,19 +354,9 @@ impl Fragment {
             r.file_offset + first * BLOCK_SIZE,
             self.header.file_size,
         )?;
-        let cvs = &self.region_cvs(region)[first as usize..last as usize];
-        if let Some(bad) = verify_blocks(first, buf, cvs) {
+        self.check_blocks(region, first, buf).inspect_err(|_| {
             buf.fill(0); // never leave unverified bytes in the caller's buffer
-            let block = first + bad;
-            return Err(Error::BlockMismatch {
-                path: self.path.clone(),
-                region,
-                kind: r.kind,
-                block,
-                file_offset: r.file_offset + block * BLOCK_SIZE,
-            });
-        }
-        Ok(())
+        })
     }
 
     /// Checks bytes obtained elsewhere (e.g. through a memory map of this
