@@ -13,6 +13,7 @@
 //! - an NBD client from the `nbd` crate ([`NbdConn`]).
 #![allow(dead_code)]
 
+use serde_json::Value;
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -808,3 +809,150 @@ impl RawConn {
         Ok(out)
     }
 }
+
+// ---- checks shared by tests/serve.rs and tests/serve_faults.rs ----
+
+pub const MIB: u64 = 1 << 20;
+
+/// `qemu-io -f raw -c CMD... URI`: must exit 0 with no failure in its text.
+#[track_caller]
+pub fn qemu_io_ok(uri: &str, cmds: &[String]) -> String {
+    let mut a: Vec<OsString> = vec!["-f".into(), "raw".into()];
+    for c in cmds {
+        a.push("-c".into());
+        a.push(c.into());
+    }
+    a.push(uri.into());
+    let o = tool("qemu-io", &a);
+    let all = text(&o);
+    assert!(
+        o.status.success() && !all.contains("failed") && !all.contains("error"),
+        "qemu-io {cmds:?} {uri} ({}):\n{all}",
+        o.status
+    );
+    all
+}
+
+/// `qemu-img compare -f raw -F raw IMAGE URI`: identical.
+#[track_caller]
+pub fn assert_same_image(image: &Path, uri: &str) {
+    let o = tool(
+        "qemu-img",
+        [
+            "compare".as_ref(),
+            "-f".as_ref(),
+            "raw".as_ref(),
+            "-F".as_ref(),
+            "raw".as_ref(),
+            image.as_os_str(),
+            uri.as_ref(),
+        ],
+    );
+    assert!(
+        o.status.code() == Some(0) && stdout(&o).contains("Images are identical"),
+        "qemu-img compare {} {uri}: not identical ({}):\n{}",
+        image.display(),
+        o.status,
+        text(&o)
+    );
+}
+
+pub fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}):\n{s}"))
+}
+
+pub fn overlay_info(manifest: &Path) -> Value {
+    let o = mosaic_ok([
+        "overlay".as_ref(),
+        "info".as_ref(),
+        manifest.as_os_str(),
+        "--json".as_ref(),
+    ]);
+    json(&stdout(&o))
+}
+
+/// `nbdinfo --map --json URI`: the extents cover the volume, contiguous,
+/// and every one the map says reads as zeros is zeros in `want`. Returns
+/// (zero bytes, data bytes).
+#[track_caller]
+pub fn check_map(uri: &str, want: &[u8]) -> (u64, u64) {
+    let map = json(&tool_ok("nbdinfo", ["--map", "--json", uri]));
+    let map = map.as_array().expect("map is a list");
+    let mut next = 0u64;
+    let (mut zero, mut data) = (0u64, 0u64);
+    for ext in map {
+        let off = ext["offset"].as_u64().unwrap();
+        let len = ext["length"].as_u64().unwrap();
+        let ty = ext["type"].as_u64().unwrap();
+        assert_eq!(off, next, "{uri}: map not contiguous at {ext}");
+        next = off + len;
+        if ty & 2 != 0 {
+            zero += len;
+            let range = &want[off as usize..next as usize];
+            if let Some(p) = range.iter().position(|&b| b != 0) {
+                panic!(
+                    "{uri}: the map says {off}+{len} reads as zeros, but byte {} is {:#04x}",
+                    off as usize + p,
+                    range[p]
+                );
+            }
+        } else {
+            data += len;
+        }
+    }
+    assert_eq!(next, want.len() as u64, "{uri}: map covers the volume");
+    (zero, data)
+}
+
+/// The extent of the map holding `offset`: (offset, length, type).
+pub fn map_extent(uri: &str, offset: u64) -> (u64, u64, u64) {
+    let map = json(&tool_ok("nbdinfo", ["--map", "--json", uri]));
+    map.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["offset"].as_u64().unwrap(),
+                e["length"].as_u64().unwrap(),
+                e["type"].as_u64().unwrap(),
+            )
+        })
+        .find(|&(o, l, _)| o <= offset && offset < o + l)
+        .unwrap_or_else(|| panic!("{uri}: no extent holds {offset}"))
+}
+
+/// Asserts a refusal: exit 2 (environment: another process holds the
+/// overlay) and "in use" in stderr.
+#[track_caller]
+pub fn assert_in_use(o: &std::process::Output, what: &str) {
+    assert!(
+        o.status.code() == Some(2) && stderr(o).contains("in use"),
+        "{what}: expected exit 2 and a refusal saying \"in use\" ({}):\n{}",
+        o.status,
+        text(o)
+    );
+}
+
+/// The first differing offset of two byte strings, for messages.
+pub fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
+    if a.len() != b.len() {
+        return Some(a.len().min(b.len()));
+    }
+    a.iter().zip(b).position(|(x, y)| x != y)
+}
+
+#[track_caller]
+pub fn assert_bytes_eq(got: &[u8], want: &[u8], what: &str) {
+    if let Some(at) = first_difference(got, want) {
+        panic!(
+            "{what}: differs at byte {at} (got {} bytes, want {}; got {:02x?}, want {:02x?})",
+            got.len(),
+            want.len(),
+            got.get(at..(at + 16).min(got.len())),
+            want.get(at..(at + 16).min(want.len()))
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 1. What is served is what `mosaic volume export` writes
