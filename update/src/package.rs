@@ -504,26 +504,11 @@ impl Manifest {
             target_contents: v[7],
             target_bytes: v[8],
         };
-        let at = r.pos;
-        let n = r.var("piece count")?;
-        if n > b.len() as u64 {
-            return Err(fault(
-                at,
-                format!("{n} pieces in a {}-byte manifest", b.len()),
-            ));
-        }
-        let mut pieces: Vec<Piece> = Vec::with_capacity(n as usize);
-        for _ in 0..n {
-            let at = r.pos;
-            let p = get_piece(&mut r, frame_size, data_len)?;
-            if pieces.last().is_some_and(|l| l.inode >= p.inode) {
-                return Err(fault(at, "pieces not in ascending inode order"));
-            }
-            pieces.push(p);
-        }
-        if !r.at_end() {
-            return Err(fault(r.pos, "bytes after the last piece"));
-        }
+        let pieces = r.sorted_tail(
+            "pieces",
+            |r| get_piece(r, frame_size, data_len),
+            |p| p.inode,
+        )?;
         Ok(Manifest {
             frame_size,
             base_name,

@@ -222,26 +222,11 @@ impl Table {
             return Err(fault(0, format!("frame size {frame_size}")));
         }
         let metadata = get_entry(&mut r, frame_size, data_len)?;
-        let at = r.pos;
-        let n = r.var("entry count")?;
-        if n > b.len() as u64 {
-            return Err(fault(
-                at,
-                format!("{n} entries in a {}-byte table", b.len()),
-            ));
-        }
-        let mut entries: Vec<Entry> = Vec::with_capacity(n as usize);
-        for _ in 0..n {
-            let at = r.pos;
-            let e = get_entry(&mut r, frame_size, data_len)?;
-            if entries.last().is_some_and(|l| l.inode >= e.inode) {
-                return Err(fault(at, "entries not in ascending inode order"));
-            }
-            entries.push(e);
-        }
-        if !r.at_end() {
-            return Err(fault(r.pos, "bytes after the last entry"));
-        }
+        let entries = r.sorted_tail(
+            "entries",
+            |r| get_entry(r, frame_size, data_len),
+            |e| e.inode,
+        )?;
         Ok(Table {
             frame_size,
             metadata,

@@ -121,6 +121,40 @@ impl<'a> Reader<'a> {
     }
 }
 
+impl<'a> Reader<'a> {
+    /// The rest of the input as a counted list (`var` count, then items)
+    /// in strictly ascending `key` order, ending exactly at the end of the
+    /// input. `what` names the items ("pieces", "entries") in faults.
+    pub fn sorted_tail<T>(
+        &mut self,
+        what: &str,
+        mut item: impl FnMut(&mut Reader<'a>) -> Result<T, WireFault>,
+        key: impl Fn(&T) -> u32,
+    ) -> Result<Vec<T>, WireFault> {
+        let at = self.pos;
+        let n = self.var("count")?;
+        if n > self.b.len() as u64 {
+            return Err(fault(at, format!("{n} {what} in {} bytes", self.b.len())));
+        }
+        let mut out: Vec<T> = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let at = self.pos;
+            let x = item(self)?;
+            if out.last().is_some_and(|l| key(l) >= key(&x)) {
+                return Err(fault(at, format!("{what} not in ascending inode order")));
+            }
+            out.push(x);
+        }
+        if !self.at_end() {
+            return Err(fault(
+                self.pos,
+                format!("bytes after the last of the {what}"),
+            ));
+        }
+        Ok(out)
+    }
+}
+
 pub fn hex(h: &[u8]) -> String {
     h.iter().map(|b| format!("{b:02x}")).collect()
 }
