@@ -64,7 +64,8 @@ missing_packages() {
   printf '%s\n' "${!seen[@]}" | sort
 }
 
-installed_version() { dpkg-query -W -f='${db:Status-Abbrev} ${Version}\n' "$1" 2>/dev/null | awk '$1 == "ii" { print $2 }'; }
+# The installed version of PACKAGE (empty if it is not installed).
+installed_version() { { dpkg-query -W -f='${db:Status-Abbrev} ${Version}\n' "$1" 2>/dev/null || true; } | awk '$1 == "ii" { print $2 }'; }
 
 # The version of PACKAGE offered by suite SUITE (empty if none).
 offered_in() {

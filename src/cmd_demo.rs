@@ -194,7 +194,17 @@ pub fn run(dir: &Path, serve: bool, listen: std::net::SocketAddr) -> Result<Exit
     crate::cmd_serve::serve(volumes, listeners, 128, |_| {
         let s = sock.display();
         println!(
-            "\nserving export \"root\" (writes go to {0}/root.overlay); attach with:\n  nbdinfo 'nbd+unix:///root?socket={s}'\n  nbdinfo --map nbd://{listen}/root\n  qemu-img compare -f raw {0}/volume.img 'nbd+unix:///root?socket={s}'\n  qemu-io -f raw -c 'read -v 1024 64' 'nbd+unix:///root?socket={s}'\n  qemu-system-x86_64 -drive file=nbd+unix:///root?socket={s},format=raw,if=virtio ...\nCtrl-C stops the server (overlay writes are flushed first).",
+            "\nserving export \"root\" (writes go to {0}/root.overlay); attach with qemu's tools (package qemu-utils):\n  \
+             qemu-img info 'nbd+unix:///root?socket={s}'\n  \
+             qemu-img compare -f raw {0}/volume.img 'nbd+unix:///root?socket={s}'\n  \
+             qemu-io -f raw -c 'read -v 1024 64' 'nbd+unix:///root?socket={s}'\n  \
+             qemu-img map -f raw --output=json nbd://{listen}/root\n\
+             with libnbd's tools (apt-get install libnbd-bin):\n  \
+             nbdinfo 'nbd+unix:///root?socket={s}'\n  \
+             nbdinfo --map nbd://{listen}/root\n\
+             as a VM's disk (apt-get install qemu-system-x86):\n  \
+             qemu-system-x86_64 -drive file=nbd+unix:///root?socket={s},format=raw,if=virtio ...\n\
+             Ctrl-C stops the server (overlay writes are flushed first).",
             abs.display()
         );
     })?;
