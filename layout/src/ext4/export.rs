@@ -1,7 +1,8 @@
 //! Writing the volume's bytes: the debugging view and the oracles' input.
 //! Fragment bytes are read through the fragments' verified read path.
 
-use super::{Image, Source, BLOCK};
+use super::disk::BLOCK;
+use super::{Image, Source};
 use crate::tree::Merged;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
