@@ -31,7 +31,7 @@ pub(super) struct Regions {
 }
 
 /// Pads to whole blocks with zeros.
-pub(super) fn pad(v: &mut Vec<u8>) {
+fn pad(v: &mut Vec<u8>) {
     v.resize((v.len() as u64).div_ceil(BLOCK_SIZE) as usize * BLOCK, 0)
 }
 
