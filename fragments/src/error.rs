@@ -4,7 +4,7 @@ use std::io;
 use std::path::PathBuf;
 
 /// Which part of a fragment file a fault was found in, for messages.
-pub type RegionName = crate::format::RegionKind;
+pub type RegionName = crate::region::RegionKind;
 
 /// Everything that can go wrong building, opening or reading a fragment.
 #[derive(Debug, thiserror::Error)]

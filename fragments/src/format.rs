@@ -75,21 +75,10 @@ pub const INCOMPAT_KNOWN: u64 = INCOMPAT_ZSTD;
 const _: () = assert!(REGION_TABLE_OFFSET + MAX_REGIONS * REGION_ENTRY_SIZE <= PUBKEY_OFFSET);
 const _: () = assert!(SIGNATURE_OFFSET + 64 == HEADER_SIZE);
 
-/// What a region holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RegionKind {
-    /// File contents, every file starting on a 4 KiB boundary.
-    Data,
-    /// Contents of small files, packed without alignment.
-    #[serde(rename = "small-data")]
-    Small,
-    /// The tree: inodes, entries, extents, xattrs, strings.
-    Metadata,
-    /// The blake3 chaining value of every 4 KiB block of the other regions.
-    Hashes,
-}
+pub use crate::region::RegionKind;
 
+/// The kind byte of a region table entry (`RegionKind` itself lives below
+/// this module and `error`, which both need it).
 impl RegionKind {
     fn code(self) -> u8 {
         match self {
@@ -107,20 +96,6 @@ impl RegionKind {
             4 => RegionKind::Hashes,
             _ => return None,
         })
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            RegionKind::Data => "data",
-            RegionKind::Small => "small-data",
-            RegionKind::Metadata => "metadata",
-            RegionKind::Hashes => "hashes",
-        }
-    }
-}
-
-impl std::fmt::Display for RegionKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
     }
 }
 
@@ -250,211 +225,14 @@ impl Header {
     /// Decodes and validates the header structure (not the signature, and
     /// not the regions' contents). `file_len` is the real length of the file.
     pub fn decode(path: &Path, b: &[u8; HEADER_SIZE], file_len: u64) -> Result<Header> {
-        let corrupt = |offset: usize, what: String| Error::Corrupt {
-            path: path.to_owned(),
-            offset: offset as u64,
-            what,
-        };
-        if b[0..8] != MAGIC {
-            return Err(corrupt(0, "not a mosaic fragment (bad magic)".into()));
-        }
-        let major = get_u16(b, 8);
-        let minor = get_u16(b, 10);
-        if major != VERSION_MAJOR {
-            return Err(Error::Unsupported {
-                path: path.to_owned(),
-                what: format!(
-                    "format version {major}.{minor}; this reader implements {VERSION_MAJOR}.x"
-                ),
-            });
-        }
-        if get_u32(b, 12) != HEADER_SIZE as u32 {
-            return Err(corrupt(
-                12,
-                format!("header size {} != {HEADER_SIZE}", get_u32(b, 12)),
-            ));
-        }
-        let incompat = get_u64(b, 16);
-        if incompat & !INCOMPAT_KNOWN != 0 {
-            return Err(Error::Unsupported {
-                path: path.to_owned(),
-                what: format!(
-                    "incompatible feature bits {:#x}",
-                    incompat & !INCOMPAT_KNOWN
-                ),
-            });
-        }
-        let compat = get_u64(b, 24);
-        let file_size = get_u64(b, 32);
-        if file_size != file_len {
-            return Err(if file_len < file_size {
-                Error::Truncated {
-                    path: path.to_owned(),
-                    offset: 0,
-                    need: file_size,
-                    have: file_len,
-                }
-            } else {
-                corrupt(
-                    32,
-                    format!("header says {file_size} bytes, file has {file_len}"),
-                )
-            });
-        }
-        if get_u32(b, 40) != BLOCK_SIZE as u32 {
-            return Err(corrupt(
-                40,
-                format!("block size {} != {BLOCK_SIZE}", get_u32(b, 40)),
-            ));
-        }
-        let region_count = get_u32(b, 44) as usize;
-        if region_count > MAX_REGIONS {
-            return Err(corrupt(
-                44,
-                format!("{region_count} regions (at most {MAX_REGIONS})"),
-            ));
-        }
-        let label = |off: usize| -> Result<String> {
-            let raw = &b[off..off + NAME_LEN];
-            let end = raw
-                .iter()
-                .position(|&c| c == 0)
-                .ok_or_else(|| corrupt(off, "name field not NUL terminated".into()))?;
-            if raw[end..].iter().any(|&c| c != 0) {
-                return Err(corrupt(off, "bytes after the name's NUL".into()));
-            }
-            String::from_utf8(raw[..end].to_vec())
-                .map_err(|_| corrupt(off, "name is not UTF-8".into()))
-        };
-        let name = label(128)?;
-        let version = label(192)?;
-        let zero_check = |from: usize, to: usize| -> Result<()> {
-            match b[from..to].iter().position(|&c| c != 0) {
-                Some(p) => Err(corrupt(from + p, "reserved byte is not zero".into())),
-                None => Ok(()),
-            }
-        };
-        zero_check(72, 128)?;
-        let mut regions = Vec::with_capacity(region_count);
-        let mut expect_offset = HEADER_SIZE as u64;
-        let mut expect_hash = 0u64;
-        for i in 0..region_count {
-            let o = REGION_TABLE_OFFSET + i * REGION_ENTRY_SIZE;
-            let kind = RegionKind::from_code(b[o])
-                .ok_or_else(|| corrupt(o, format!("region {i}: unknown kind {}", b[o])))?;
-            let encoding = match b[o + 1] {
-                0 => Encoding::Raw,
-                1 if incompat & INCOMPAT_ZSTD != 0 => Encoding::Zstd,
-                e => return Err(corrupt(o + 1, format!("region {i}: unknown encoding {e}"))),
-            };
-            zero_check(o + 2, o + 8)?;
-            zero_check(o + 72, o + 96)?;
-            let mut root = [0u8; 32];
-            root.copy_from_slice(&b[o + 40..o + 72]);
-            let r = RegionEntry {
-                kind,
-                encoding,
-                file_offset: get_u64(b, o + 8),
-                stored_len: get_u64(b, o + 16),
-                logical_len: get_u64(b, o + 24),
-                hash_index: get_u64(b, o + 32),
-                root,
-            };
-            if r.file_offset != expect_offset {
-                return Err(corrupt(
-                    o + 8,
-                    format!("region {i} starts at {}, expected {expect_offset} (regions are contiguous)", r.file_offset),
-                ));
-            }
-            if !r.stored_len.is_multiple_of(BLOCK_SIZE) {
-                return Err(corrupt(
-                    o + 16,
-                    format!(
-                        "region {i}: stored length {} not a multiple of 4096",
-                        r.stored_len
-                    ),
-                ));
-            }
-            expect_offset = r
-                .file_offset
-                .checked_add(r.stored_len)
-                .filter(|&e| e <= file_size)
-                .ok_or_else(|| {
-                    corrupt(
-                        o + 16,
-                        format!(
-                            "region {i} ({} bytes at {}) runs past the end of the file",
-                            r.stored_len, r.file_offset
-                        ),
-                    )
-                })?;
-            if r.encoding == Encoding::Raw && r.logical_len > r.stored_len {
-                return Err(corrupt(
-                    o + 24,
-                    format!(
-                        "region {i}: logical length {} > stored length {}",
-                        r.logical_len, r.stored_len
-                    ),
-                ));
-            }
-            if (r.kind == RegionKind::Hashes || r.kind == RegionKind::Metadata)
-                && r.encoding != Encoding::Raw
-            {
-                return Err(corrupt(
-                    o + 1,
-                    format!("region {i}: {} region must be raw", r.kind.name()),
-                ));
-            }
-            if r.kind == RegionKind::Hashes {
-                if i + 1 != region_count {
-                    return Err(corrupt(o, "the hash region must be the last region".into()));
-                }
-                if r.hash_index != 0 {
-                    return Err(corrupt(o + 32, "hash region has a hash index".into()));
-                }
-                if r.logical_len != expect_hash * 32 {
-                    return Err(corrupt(
-                        o + 24,
-                        format!(
-                            "hash region holds {} bytes, the regions need {}",
-                            r.logical_len,
-                            expect_hash * 32
-                        ),
-                    ));
-                }
-            } else {
-                if r.hash_index != expect_hash {
-                    return Err(corrupt(
-                        o + 32,
-                        format!(
-                            "region {i}: hash index {} expected {expect_hash}",
-                            r.hash_index
-                        ),
-                    ));
-                }
-                expect_hash += r.blocks();
-            }
-            regions.push(r);
-        }
-        if regions.last().map(|r| r.kind) != Some(RegionKind::Hashes) {
-            return Err(corrupt(44, "no hash region".into()));
-        }
-        for (kind, what) in [
-            (RegionKind::Metadata, "metadata"),
-            (RegionKind::Small, "small-data"),
-        ] {
-            if regions.iter().filter(|r| r.kind == kind).count() != 1 {
-                return Err(corrupt(44, format!("expected exactly one {what} region")));
-            }
-        }
-        if expect_offset != file_size {
-            return Err(corrupt(
-                32,
-                format!("regions end at {expect_offset}, file is {file_size} bytes"),
-            ));
-        }
-        zero_check(
-            REGION_TABLE_OFFSET + region_count * REGION_ENTRY_SIZE,
+        let raw = RawHeader { path, b };
+        let fixed = raw.fixed_fields(file_len)?;
+        let name = raw.label(128)?;
+        let version = raw.label(192)?;
+        raw.zero_check(72, 128)?;
+        let regions = raw.region_table(&fixed)?;
+        raw.zero_check(
+            REGION_TABLE_OFFSET + fixed.region_count * REGION_ENTRY_SIZE,
             PUBKEY_OFFSET,
         )?;
         let mut signer = [0u8; 32];
@@ -462,11 +240,11 @@ impl Header {
         let mut signature = [0u8; 64];
         signature.copy_from_slice(&b[SIGNATURE_OFFSET..]);
         Ok(Header {
-            major,
-            minor,
-            incompat,
-            compat,
-            file_size,
+            major: fixed.major,
+            minor: fixed.minor,
+            incompat: fixed.incompat,
+            compat: get_u64(b, 24),
+            file_size: fixed.file_size,
             inode_count: get_u32(b, 48),
             dentry_count: get_u32(b, 52),
             build_time: get_u64(b, 56),
@@ -486,6 +264,287 @@ impl Header {
             .iter()
             .position(|r| r.kind == kind)
             .expect("decode checked that the region exists")
+    }
+}
+
+/// The fields of the header checked before anything else is read.
+struct FixedFields {
+    major: u16,
+    minor: u16,
+    incompat: u64,
+    file_size: u64,
+    region_count: usize,
+}
+
+/// Header bytes being decoded, with the file they came from: every check
+/// names its byte offset.
+struct RawHeader<'a> {
+    path: &'a Path,
+    b: &'a [u8; HEADER_SIZE],
+}
+
+impl RawHeader<'_> {
+    fn corrupt(&self, offset: usize, what: String) -> Error {
+        Error::Corrupt {
+            path: self.path.to_owned(),
+            offset: offset as u64,
+            what,
+        }
+    }
+
+    fn unsupported(&self, what: String) -> Error {
+        Error::Unsupported {
+            path: self.path.to_owned(),
+            what,
+        }
+    }
+
+    fn zero_check(&self, from: usize, to: usize) -> Result<()> {
+        match self.b[from..to].iter().position(|&c| c != 0) {
+            Some(p) => Err(self.corrupt(from + p, "reserved byte is not zero".into())),
+            None => Ok(()),
+        }
+    }
+
+    /// A NUL-padded UTF-8 name field at `off`.
+    fn label(&self, off: usize) -> Result<String> {
+        let raw = &self.b[off..off + NAME_LEN];
+        let end = raw
+            .iter()
+            .position(|&c| c == 0)
+            .ok_or_else(|| self.corrupt(off, "name field not NUL terminated".into()))?;
+        if raw[end..].iter().any(|&c| c != 0) {
+            return Err(self.corrupt(off, "bytes after the name's NUL".into()));
+        }
+        String::from_utf8(raw[..end].to_vec())
+            .map_err(|_| self.corrupt(off, "name is not UTF-8".into()))
+    }
+
+    /// Magic, version, header and block sizes, feature bits, file size and
+    /// region count, in that order.
+    fn fixed_fields(&self, file_len: u64) -> Result<FixedFields> {
+        let b = self.b;
+        if b[0..8] != MAGIC {
+            return Err(self.corrupt(0, "not a mosaic fragment (bad magic)".into()));
+        }
+        let major = get_u16(b, 8);
+        let minor = get_u16(b, 10);
+        if major != VERSION_MAJOR {
+            return Err(self.unsupported(format!(
+                "format version {major}.{minor}; this reader implements {VERSION_MAJOR}.x"
+            )));
+        }
+        if get_u32(b, 12) != HEADER_SIZE as u32 {
+            return Err(self.corrupt(
+                12,
+                format!("header size {} != {HEADER_SIZE}", get_u32(b, 12)),
+            ));
+        }
+        let incompat = get_u64(b, 16);
+        if incompat & !INCOMPAT_KNOWN != 0 {
+            return Err(self.unsupported(format!(
+                "incompatible feature bits {:#x}",
+                incompat & !INCOMPAT_KNOWN
+            )));
+        }
+        let file_size = get_u64(b, 32);
+        if file_size != file_len {
+            return Err(if file_len < file_size {
+                Error::Truncated {
+                    path: self.path.to_owned(),
+                    offset: 0,
+                    need: file_size,
+                    have: file_len,
+                }
+            } else {
+                self.corrupt(
+                    32,
+                    format!("header says {file_size} bytes, file has {file_len}"),
+                )
+            });
+        }
+        if get_u32(b, 40) != BLOCK_SIZE as u32 {
+            return Err(self.corrupt(40, format!("block size {} != {BLOCK_SIZE}", get_u32(b, 40))));
+        }
+        let region_count = get_u32(b, 44) as usize;
+        if region_count > MAX_REGIONS {
+            return Err(self.corrupt(
+                44,
+                format!("{region_count} regions (at most {MAX_REGIONS})"),
+            ));
+        }
+        Ok(FixedFields {
+            major,
+            minor,
+            incompat,
+            file_size,
+            region_count,
+        })
+    }
+
+    /// The region table: each entry decoded and placed (contiguous regions,
+    /// consecutive hash indexes, the hash region last), then the set as a
+    /// whole (one metadata and one small-data region, ending the file).
+    fn region_table(&self, fixed: &FixedFields) -> Result<Vec<RegionEntry>> {
+        let mut regions = Vec::with_capacity(fixed.region_count);
+        let mut expect_offset = HEADER_SIZE as u64;
+        let mut expect_hash = 0u64;
+        for i in 0..fixed.region_count {
+            let r = self.region_entry(i, fixed.incompat)?;
+            expect_offset = self.region_extent(i, &r, expect_offset, fixed.file_size)?;
+            expect_hash = self.region_hash_index(i, &r, fixed.region_count, expect_hash)?;
+            regions.push(r);
+        }
+        if regions.last().map(|r| r.kind) != Some(RegionKind::Hashes) {
+            return Err(self.corrupt(44, "no hash region".into()));
+        }
+        for (kind, what) in [
+            (RegionKind::Metadata, "metadata"),
+            (RegionKind::Small, "small-data"),
+        ] {
+            if regions.iter().filter(|r| r.kind == kind).count() != 1 {
+                return Err(self.corrupt(44, format!("expected exactly one {what} region")));
+            }
+        }
+        if expect_offset != fixed.file_size {
+            return Err(self.corrupt(
+                32,
+                format!(
+                    "regions end at {expect_offset}, file is {} bytes",
+                    fixed.file_size
+                ),
+            ));
+        }
+        Ok(regions)
+    }
+
+    /// Table entry `i`: kind, encoding and reserved bytes checked.
+    fn region_entry(&self, i: usize, incompat: u64) -> Result<RegionEntry> {
+        let b = self.b;
+        let o = REGION_TABLE_OFFSET + i * REGION_ENTRY_SIZE;
+        let kind = RegionKind::from_code(b[o])
+            .ok_or_else(|| self.corrupt(o, format!("region {i}: unknown kind {}", b[o])))?;
+        let encoding = match b[o + 1] {
+            0 => Encoding::Raw,
+            1 if incompat & INCOMPAT_ZSTD != 0 => Encoding::Zstd,
+            e => return Err(self.corrupt(o + 1, format!("region {i}: unknown encoding {e}"))),
+        };
+        self.zero_check(o + 2, o + 8)?;
+        self.zero_check(o + 72, o + 96)?;
+        let mut root = [0u8; 32];
+        root.copy_from_slice(&b[o + 40..o + 72]);
+        Ok(RegionEntry {
+            kind,
+            encoding,
+            file_offset: get_u64(b, o + 8),
+            stored_len: get_u64(b, o + 16),
+            logical_len: get_u64(b, o + 24),
+            hash_index: get_u64(b, o + 32),
+            root,
+        })
+    }
+
+    /// Where region `i` lies: at `expect_offset`, whole blocks, inside the
+    /// file, its logical length and encoding fit. Returns where it ends.
+    fn region_extent(
+        &self,
+        i: usize,
+        r: &RegionEntry,
+        expect_offset: u64,
+        file_size: u64,
+    ) -> Result<u64> {
+        let o = REGION_TABLE_OFFSET + i * REGION_ENTRY_SIZE;
+        if r.file_offset != expect_offset {
+            return Err(self.corrupt(
+                o + 8,
+                format!(
+                    "region {i} starts at {}, expected {expect_offset} (regions are contiguous)",
+                    r.file_offset
+                ),
+            ));
+        }
+        if !r.stored_len.is_multiple_of(BLOCK_SIZE) {
+            return Err(self.corrupt(
+                o + 16,
+                format!(
+                    "region {i}: stored length {} not a multiple of 4096",
+                    r.stored_len
+                ),
+            ));
+        }
+        let end = r
+            .file_offset
+            .checked_add(r.stored_len)
+            .filter(|&e| e <= file_size)
+            .ok_or_else(|| {
+                self.corrupt(
+                    o + 16,
+                    format!(
+                        "region {i} ({} bytes at {}) runs past the end of the file",
+                        r.stored_len, r.file_offset
+                    ),
+                )
+            })?;
+        if r.encoding == Encoding::Raw && r.logical_len > r.stored_len {
+            return Err(self.corrupt(
+                o + 24,
+                format!(
+                    "region {i}: logical length {} > stored length {}",
+                    r.logical_len, r.stored_len
+                ),
+            ));
+        }
+        if (r.kind == RegionKind::Hashes || r.kind == RegionKind::Metadata)
+            && r.encoding != Encoding::Raw
+        {
+            return Err(self.corrupt(
+                o + 1,
+                format!("region {i}: {} region must be raw", r.kind.name()),
+            ));
+        }
+        Ok(end)
+    }
+
+    /// Region `i`'s place in the hash region: the next hashes for a region
+    /// of blocks, or (the hash region, last) exactly the hashes of all the
+    /// others. Returns the next expected hash index.
+    fn region_hash_index(
+        &self,
+        i: usize,
+        r: &RegionEntry,
+        region_count: usize,
+        expect_hash: u64,
+    ) -> Result<u64> {
+        let o = REGION_TABLE_OFFSET + i * REGION_ENTRY_SIZE;
+        if r.kind != RegionKind::Hashes {
+            if r.hash_index != expect_hash {
+                return Err(self.corrupt(
+                    o + 32,
+                    format!(
+                        "region {i}: hash index {} expected {expect_hash}",
+                        r.hash_index
+                    ),
+                ));
+            }
+            return Ok(expect_hash + r.blocks());
+        }
+        if i + 1 != region_count {
+            return Err(self.corrupt(o, "the hash region must be the last region".into()));
+        }
+        if r.hash_index != 0 {
+            return Err(self.corrupt(o + 32, "hash region has a hash index".into()));
+        }
+        if r.logical_len != expect_hash * 32 {
+            return Err(self.corrupt(
+                o + 24,
+                format!(
+                    "hash region holds {} bytes, the regions need {}",
+                    r.logical_len,
+                    expect_hash * 32
+                ),
+            ));
+        }
+        Ok(expect_hash)
     }
 }
 

@@ -40,6 +40,7 @@ pub mod hash;
 pub mod keys;
 pub mod meta;
 pub mod read;
+mod region;
 mod scan;
 mod sink;
 

@@ -1,6 +1,6 @@
 //! Unit tests of the metadata tables (`meta.rs`).
 use super::*;
-use crate::format::Encoding;
+use crate::format::{Encoding, RegionEntry, RegionKind};
 
 fn regions() -> Vec<RegionEntry> {
     vec![

@@ -108,68 +108,10 @@ impl Fragment {
         let path = path.as_ref().to_owned();
         let file = File::open(&path).map_err(Error::io(&path, "open"))?;
         let len = file.metadata().map_err(Error::io(&path, "stat"))?.len();
-        if len < HEADER_SIZE as u64 {
-            return Err(Error::Truncated {
-                path,
-                offset: 0,
-                need: HEADER_SIZE as u64,
-                have: len,
-            });
-        }
-        let mut header_bytes = [0u8; HEADER_SIZE];
-        pread(&file, &path, &mut header_bytes, 0, len)?;
-        let header = Header::decode(&path, &header_bytes, len)?;
-
+        let (header_bytes, header) = read_header(&file, &path, len)?;
         // Signature first: nothing else in the header is believed before it.
-        let signer_hex = key_id(&header.signer);
-        let key = VerifyingKey::from_bytes(&header.signer).map_err(|_| Error::BadSignature {
-            path: path.clone(),
-            signer: signer_hex.clone(),
-            signed_len: SIGNED_LEN,
-        })?;
-        let sig = Signature::from_bytes(&header.signature);
-        key.verify_strict(&header_bytes[..SIGNED_LEN], &sig)
-            .map_err(|_| Error::BadSignature {
-                path: path.clone(),
-                signer: signer_hex.clone(),
-                signed_len: SIGNED_LEN,
-            })?;
-        if let Trust::Keys(keys) = trust {
-            if !keys.iter().any(|k| k.as_bytes() == &header.signer) {
-                return Err(Error::Untrusted {
-                    path,
-                    signer: signer_hex,
-                });
-            }
-        }
-
-        // The hash list, against the hash region's signed root.
-        let hr_index = header.regions.len() - 1;
-        let hr = &header.regions[hr_index];
-        let mut hash_bytes = vec![0u8; hr.stored_len as usize];
-        pread(&file, &path, &mut hash_bytes, hr.file_offset, len)?;
-        if blake3::hash(&hash_bytes).as_bytes() != &hr.root {
-            return Err(Error::RootMismatch {
-                path,
-                region: hr_index as u32,
-                kind: RegionKind::Hashes,
-            });
-        }
-        if let Some(p) = hash_bytes[hr.logical_len as usize..]
-            .iter()
-            .position(|&c| c != 0)
-        {
-            return Err(Error::Corrupt {
-                path,
-                offset: hr.file_offset + hr.logical_len + p as u64,
-                what: "hash region padding is not zero".into(),
-            });
-        }
-        let cvs: Vec<Cv> = hash_bytes[..hr.logical_len as usize]
-            .chunks_exact(32)
-            .map(|c| c.try_into().expect("chunks of 32"))
-            .collect();
-
+        check_signature(&path, &header, &header_bytes, trust)?;
+        let cvs = read_hash_list(&file, &path, &header, len)?;
         let mut frag = Fragment {
             path,
             file,
@@ -179,82 +121,9 @@ impl Fragment {
             meta: Metadata::default(),
             chunk_index: Vec::new(),
         };
-
-        // Every region's hash list against its signed root.
-        for (i, r) in frag.header.regions.iter().enumerate().take(hr_index) {
-            let cvs = frag.region_cvs(i as u32);
-            let ok = match root_from_cvs(cvs) {
-                Some(root) => root.as_bytes() == &r.root,
-                None => {
-                    let mut b = vec![0u8; BLOCK];
-                    pread(&frag.file, &frag.path, &mut b, r.file_offset, len)?;
-                    blake3::hash(&b).as_bytes() == &r.root && block_cv(0, &b) == cvs[0]
-                }
-            };
-            if !ok {
-                return Err(Error::RootMismatch {
-                    path: frag.path.clone(),
-                    region: i as u32,
-                    kind: r.kind,
-                });
-            }
-        }
-
-        // Compressed regions' indexes.
-        for i in 0..frag.header.regions.len() {
-            let r = frag.header.regions[i].clone();
-            let idx =
-                if r.encoding == Encoding::Zstd {
-                    let head =
-                        ChunkIndex::index_len(r.logical_len.div_ceil(crate::compress::CHUNK_SIZE));
-                    if head > r.stored_len {
-                        return Err(Error::Corrupt {
-                            path: frag.path.clone(),
-                            offset: r.file_offset,
-                            what: format!("region {i}: chunk index larger than the region"),
-                        });
-                    }
-                    let mut b = vec![0u8; head as usize];
-                    frag.read_stored(i as u32, 0, &mut b)?;
-                    Some(ChunkIndex::decode(&b, r.logical_len, r.stored_len).map_err(
-                        |(o, what)| Error::Corrupt {
-                            path: frag.path.clone(),
-                            offset: r.file_offset + o,
-                            what: format!("region {i}: {what}"),
-                        },
-                    )?)
-                } else {
-                    None
-                };
-            frag.chunk_index.push(idx);
-        }
-
-        // The metadata region, verified and parsed in full.
-        let mi = frag.header.region_of(RegionKind::Metadata);
-        let mr = frag.header.regions[mi].clone();
-        let mut mb = vec![0u8; mr.stored_len as usize];
-        frag.read_stored(mi as u32, 0, &mut mb)?;
-        if let Some(p) = mb[mr.logical_len as usize..].iter().position(|&c| c != 0) {
-            return Err(Error::Corrupt {
-                path: frag.path.clone(),
-                offset: mr.file_offset + mr.logical_len + p as u64,
-                what: "metadata padding is not zero".into(),
-            });
-        }
-        mb.truncate(mr.logical_len as usize);
-        let meta = Metadata::decode(
-            &mb,
-            &frag.header.regions,
-            frag.header.inode_count,
-            frag.header.dentry_count,
-        )
-        .map_err(|f| Error::Corrupt {
-            path: frag.path.clone(),
-            offset: mr.file_offset + f.offset,
-            what: format!("metadata: {}", f.what),
-        })?;
-        check_no_overlap(&frag.path, &meta)?;
-        frag.meta = meta;
+        frag.check_region_roots(len)?;
+        frag.chunk_index = frag.read_chunk_indexes()?;
+        frag.meta = frag.read_metadata()?;
         Ok(frag)
     }
 
@@ -561,6 +430,169 @@ impl Fragment {
                 }
             }
         }
+    }
+}
+
+// The phases of `Fragment::open`, in the order it runs them.
+
+/// The header block, decoded and structurally checked (not yet believed).
+fn read_header(file: &File, path: &Path, len: u64) -> Result<([u8; HEADER_SIZE], Header)> {
+    if len < HEADER_SIZE as u64 {
+        return Err(Error::Truncated {
+            path: path.to_owned(),
+            offset: 0,
+            need: HEADER_SIZE as u64,
+            have: len,
+        });
+    }
+    let mut header_bytes = [0u8; HEADER_SIZE];
+    pread(file, path, &mut header_bytes, 0, len)?;
+    let header = Header::decode(path, &header_bytes, len)?;
+    Ok((header_bytes, header))
+}
+
+/// The signature over the header, by its embedded key, which `trust` accepts.
+fn check_signature(
+    path: &Path,
+    header: &Header,
+    header_bytes: &[u8; HEADER_SIZE],
+    trust: Trust,
+) -> Result<()> {
+    let signer_hex = key_id(&header.signer);
+    let bad_signature = || Error::BadSignature {
+        path: path.to_owned(),
+        signer: signer_hex.clone(),
+        signed_len: SIGNED_LEN,
+    };
+    let key = VerifyingKey::from_bytes(&header.signer).map_err(|_| bad_signature())?;
+    let sig = Signature::from_bytes(&header.signature);
+    key.verify_strict(&header_bytes[..SIGNED_LEN], &sig)
+        .map_err(|_| bad_signature())?;
+    if let Trust::Keys(keys) = trust {
+        if !keys.iter().any(|k| k.as_bytes() == &header.signer) {
+            return Err(Error::Untrusted {
+                path: path.to_owned(),
+                signer: signer_hex,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The hash list (every stored block's chaining value), checked against
+/// the hash region's signed root.
+fn read_hash_list(file: &File, path: &Path, header: &Header, len: u64) -> Result<Vec<Cv>> {
+    let hr_index = header.regions.len() - 1;
+    let hr = &header.regions[hr_index];
+    let mut hash_bytes = vec![0u8; hr.stored_len as usize];
+    pread(file, path, &mut hash_bytes, hr.file_offset, len)?;
+    if blake3::hash(&hash_bytes).as_bytes() != &hr.root {
+        return Err(Error::RootMismatch {
+            path: path.to_owned(),
+            region: hr_index as u32,
+            kind: RegionKind::Hashes,
+        });
+    }
+    if let Some(p) = hash_bytes[hr.logical_len as usize..]
+        .iter()
+        .position(|&c| c != 0)
+    {
+        return Err(Error::Corrupt {
+            path: path.to_owned(),
+            offset: hr.file_offset + hr.logical_len + p as u64,
+            what: "hash region padding is not zero".into(),
+        });
+    }
+    Ok(hash_bytes[..hr.logical_len as usize]
+        .chunks_exact(32)
+        .map(|c| c.try_into().expect("chunks of 32"))
+        .collect())
+}
+
+impl Fragment {
+    /// Every region's hash list against its signed root.
+    fn check_region_roots(&self, len: u64) -> Result<()> {
+        let hr_index = self.header.regions.len() - 1;
+        for (i, r) in self.header.regions.iter().enumerate().take(hr_index) {
+            let cvs = self.region_cvs(i as u32);
+            let ok = match root_from_cvs(cvs) {
+                Some(root) => root.as_bytes() == &r.root,
+                None => {
+                    let mut b = vec![0u8; BLOCK];
+                    pread(&self.file, &self.path, &mut b, r.file_offset, len)?;
+                    blake3::hash(&b).as_bytes() == &r.root && block_cv(0, &b) == cvs[0]
+                }
+            };
+            if !ok {
+                return Err(Error::RootMismatch {
+                    path: self.path.clone(),
+                    region: i as u32,
+                    kind: r.kind,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The chunk index of every compressed region (`None` for raw ones),
+    /// read through verified blocks.
+    fn read_chunk_indexes(&self) -> Result<Vec<Option<ChunkIndex>>> {
+        let mut indexes = Vec::with_capacity(self.header.regions.len());
+        for (i, r) in self.header.regions.iter().enumerate() {
+            if r.encoding != Encoding::Zstd {
+                indexes.push(None);
+                continue;
+            }
+            let head = ChunkIndex::index_len(r.logical_len.div_ceil(crate::compress::CHUNK_SIZE));
+            if head > r.stored_len {
+                return Err(Error::Corrupt {
+                    path: self.path.clone(),
+                    offset: r.file_offset,
+                    what: format!("region {i}: chunk index larger than the region"),
+                });
+            }
+            let mut b = vec![0u8; head as usize];
+            self.read_stored(i as u32, 0, &mut b)?;
+            let idx =
+                ChunkIndex::decode(&b, r.logical_len, r.stored_len).map_err(|(o, what)| {
+                    Error::Corrupt {
+                        path: self.path.clone(),
+                        offset: r.file_offset + o,
+                        what: format!("region {i}: {what}"),
+                    }
+                })?;
+            indexes.push(Some(idx));
+        }
+        Ok(indexes)
+    }
+
+    /// The metadata region, verified block by block and decoded in full.
+    fn read_metadata(&self) -> Result<Metadata> {
+        let mi = self.header.region_of(RegionKind::Metadata);
+        let mr = &self.header.regions[mi];
+        let mut mb = vec![0u8; mr.stored_len as usize];
+        self.read_stored(mi as u32, 0, &mut mb)?;
+        if let Some(p) = mb[mr.logical_len as usize..].iter().position(|&c| c != 0) {
+            return Err(Error::Corrupt {
+                path: self.path.clone(),
+                offset: mr.file_offset + mr.logical_len + p as u64,
+                what: "metadata padding is not zero".into(),
+            });
+        }
+        mb.truncate(mr.logical_len as usize);
+        let meta = Metadata::decode(
+            &mb,
+            &self.header.regions,
+            self.header.inode_count,
+            self.header.dentry_count,
+        )
+        .map_err(|f| Error::Corrupt {
+            path: self.path.clone(),
+            offset: mr.file_offset + f.offset,
+            what: format!("metadata: {}", f.what),
+        })?;
+        check_no_overlap(&self.path, &meta)?;
+        Ok(meta)
     }
 }
 

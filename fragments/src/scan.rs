@@ -2,7 +2,6 @@
 //! order, hard links found by (device, inode), xattrs read without
 //! following symlinks, directory ownership decided from `--owns`.
 
-use crate::build::BuildOptions;
 use crate::error::{Error, Result};
 use crate::meta::{Kind, Timestamp};
 use std::collections::{HashMap, VecDeque};
@@ -57,7 +56,7 @@ fn scan_inode(
     path: &Path,
     md: &fs::Metadata,
     tree_path: &[u8],
-    opts: &BuildOptions,
+    owns: &[String],
 ) -> Result<ScanInode> {
     let ft = md.file_type();
     let kind = if ft.is_file() {
@@ -95,7 +94,7 @@ fn scan_inode(
     } else {
         Vec::new()
     };
-    let owns = kind != Kind::Directory || owns_dir(tree_path, &opts.owns);
+    let owns = kind != Kind::Directory || owns_dir(tree_path, owns);
     let rdev = md.rdev();
     Ok(ScanInode {
         kind,
@@ -137,8 +136,9 @@ fn owns_dir(tree_path: &[u8], owns: &[String]) -> bool {
     })
 }
 
-/// Walks the tree breadth first, entries sorted by name bytes.
-pub(crate) fn scan(src: &Path, opts: &BuildOptions) -> Result<Vec<ScanInode>> {
+/// Walks the tree breadth first, entries sorted by name bytes. `owns`:
+/// the normalized `--owns` paths (empty: every directory but `/`).
+pub(crate) fn scan(src: &Path, owns: &[String]) -> Result<Vec<ScanInode>> {
     let md = fs::symlink_metadata(src).map_err(src_err(src, "stat"))?;
     if !md.is_dir() {
         return Err(Error::Source {
@@ -147,7 +147,7 @@ pub(crate) fn scan(src: &Path, opts: &BuildOptions) -> Result<Vec<ScanInode>> {
             source: None,
         });
     }
-    let mut inodes = vec![scan_inode(src, &md, b"/", opts)?];
+    let mut inodes = vec![scan_inode(src, &md, b"/", owns)?];
     let mut tree_paths: Vec<Vec<u8>> = vec![b"/".to_vec()];
     let mut links: HashMap<(u64, u64), u32> = HashMap::new();
     let mut queue = VecDeque::from([0u32]);
@@ -185,7 +185,7 @@ pub(crate) fn scan(src: &Path, opts: &BuildOptions) -> Result<Vec<ScanInode>> {
             tp.extend_from_slice(&name);
             let ino = u32::try_from(inodes.len())
                 .map_err(|_| Error::Options("more than 2^32 inodes".into()))?;
-            let si = scan_inode(&path, &md, &tp, opts)?;
+            let si = scan_inode(&path, &md, &tp, owns)?;
             if si.kind == Kind::Directory {
                 queue.push_back(ino);
             } else if md.nlink() > 1 {
@@ -197,7 +197,7 @@ pub(crate) fn scan(src: &Path, opts: &BuildOptions) -> Result<Vec<ScanInode>> {
         }
         inodes[dir as usize].children = children;
     }
-    for o in &opts.owns {
+    for o in owns {
         let found = tree_paths
             .iter()
             .zip(&inodes)

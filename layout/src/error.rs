@@ -1,6 +1,7 @@
 //! The error type of this crate: every variant names what and where.
 
-use crate::merge::Conflict;
+use crate::conflict::Conflict;
+use crate::ext4::limits::Ext4Error;
 use std::path::PathBuf;
 
 /// Everything that can go wrong reading a manifest, opening its fragments
@@ -53,7 +54,7 @@ pub enum Error {
 
     /// The merged tree cannot be expressed as the ext4 volume.
     #[error(transparent)]
-    Ext4(#[from] crate::ext4::Ext4Error),
+    Ext4(#[from] Ext4Error),
 }
 
 /// One thing wrong with a manifest.

@@ -30,10 +30,12 @@
 //!
 //! It does not read file data or verify data blocks: that is `volume`'s job.
 
+mod conflict;
 pub mod error;
 pub mod ext4;
 pub mod manifest;
 pub mod merge;
+mod tree;
 
 pub use error::{Error, Problem, Result};
 pub use manifest::{open_fragments, FragmentCache, FsOptions, Manifest};

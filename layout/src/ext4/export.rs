@@ -1,8 +1,9 @@
 //! Writing the volume's bytes: the debugging view and the oracles' input.
 //! Fragment bytes are read through the fragments' verified read path.
 
-use super::{Image, Source, BLOCK};
-use crate::merge::Merged;
+use super::disk::BLOCK;
+use super::{Image, Source};
+use crate::tree::Merged;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
@@ -67,7 +68,7 @@ pub fn read_blocks(
 /// the order their blocks appear, so one verified read serves many files
 /// instead of hashing a 4 KiB block per file.
 struct SmallWindow {
-    key: (crate::merge::FragIdx, u32),
+    key: (crate::tree::FragIdx, u32),
     start: u64,
     data: Vec<u8>,
 }
@@ -76,7 +77,7 @@ impl SmallWindow {
     fn get<'a>(
         win: &'a mut Option<SmallWindow>,
         merged: &Merged,
-        frag: crate::merge::FragIdx,
+        frag: crate::tree::FragIdx,
         region: u32,
         offset: u64,
         len: u64,

@@ -4,7 +4,7 @@
 
 use super::disk::*;
 use super::{Ext4Options, Image};
-use crate::merge::Merged;
+use crate::tree::Merged;
 
 impl Image {
     /// Generates the extent-tree blocks of big files into `stored`.
