@@ -24,7 +24,6 @@ use crate::{dir_of, Spool};
 use fragments::{Body, Fragment, Kind, Metadata, Progress, SigningKey, Trust};
 use rayon::prelude::*;
 use std::collections::HashMap;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 /// How packages are made.
@@ -177,20 +176,6 @@ enum Plan {
     Encode(Option<u32>),
 }
 
-/// Reads the 4 KiB header of an opened fragment as stored.
-fn header_bytes(f: &Fragment) -> Result<[u8; fragments::format::HEADER_SIZE]> {
-    let file = std::fs::File::open(f.path()).map_err(Error::io(f.path(), "open"))?;
-    let mut b = [0u8; fragments::format::HEADER_SIZE];
-    file.read_exact_at(&mut b, 0)
-        .map_err(Error::io(f.path(), "read"))?;
-    if blake3::hash(&b).as_bytes() != &f.id() {
-        return Err(Error::Mismatch {
-            what: format!("{}: header changed while in use", f.path().display()),
-        });
-    }
-    Ok(b)
-}
-
 /// Encodes `target` against `base`, or as a null differential when that is
 /// smaller (or there is no base). Returns the kind, the frames and where the
 /// bytes went in the spool.
@@ -264,7 +249,7 @@ pub fn diff(
     let dir = dir_of(out);
     let (bm, rm) = (b.metadata(), r.metadata());
     let (bc, rc) = (Contents::of(bm), Contents::of(rm));
-    let (br, rr) = (Reader::new(&b, true), Reader::new(&r, true));
+    let (br, rr) = (Reader::new(&b), Reader::new(&r));
     let size_of =
         |m: &Metadata, list: &[u32]| -> u64 { list.iter().map(|&i| m.inode(i).size()).sum() };
     progress.phase("hashing", size_of(bm, &bc.list) + size_of(rm, &rc.list));
@@ -465,12 +450,11 @@ pub fn diff(
         frame_size: opts.frame_size,
         base_name: b.header().name.clone(),
         base_version: b.header().version.clone(),
-        target_header: Box::new(header_bytes(&r)?),
+        target_header: Box::new(*r.header_bytes()),
         metadata,
         stats: st.clone(),
         pieces,
     };
-    let _ = header_bytes(&b)?;
     progress.phase("writing package", 0);
     let package_bytes = package::write(out, key, b.id(), &manifest, &spool, &pieces_data)?;
     tracing::info!(

@@ -63,7 +63,7 @@
 //! package; bump the major version.
 
 use crate::codec::{frame_count, Frame};
-use crate::error::{Error, Result};
+use crate::error::{Error, PayloadError, Result};
 use crate::wire::{fault, hex, Hash, Reader, WireFault, Writer};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use fragments::format::HEADER_SIZE as FRAG_HEADER;
@@ -613,16 +613,16 @@ impl Package {
     }
 
     /// The bytes of a differential, checked against the signed manifest.
-    pub fn payload(&self, p: &Payload) -> std::result::Result<Vec<u8>, String> {
+    pub fn payload(&self, p: &Payload) -> Result<Vec<u8>, PayloadError> {
         let mut b = vec![0u8; p.len as usize];
         self.file
             .read_exact_at(&mut b, self.header.data_offset + p.offset)
-            .map_err(|e| format!("package data unreadable ({e})"))?;
+            .map_err(PayloadError::PackageUnreadable)?;
         if blake3::hash(&b).as_bytes() != &p.hash {
-            return Err(format!(
-                "forward differential in the package is corrupt (blake3 of its {} bytes at data offset {} does not match the signed manifest)",
-                p.len, p.offset
-            ));
+            return Err(PayloadError::PackageCorrupt {
+                len: p.len,
+                offset: p.offset,
+            });
         }
         Ok(b)
     }
