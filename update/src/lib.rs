@@ -52,7 +52,7 @@ pub mod wire;
 
 pub use apply::{apply, ApplyOptions, ApplyReport};
 pub use diff::{diff, DiffOptions, DiffReport};
-pub use error::{CorruptItem, Error, Result};
+pub use error::{CorruptItem, Error, PayloadError, Result};
 pub use package::{Package, PackageTrust};
 
 use std::io::Write;

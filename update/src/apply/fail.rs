@@ -253,3 +253,79 @@ pub(super) fn kind_name(k: PieceKind) -> &'static str {
         PieceKind::Full => "content",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The report's text is made from the typed errors only when the
+    /// report is built; these are the messages the CLI prints.
+    #[test]
+    fn items_are_reported_with_their_causes() {
+        let why = Arc::new(Unavailable::StaleRev {
+            rev: "/d/N.frag.rev".into(),
+            fragment: "/d/N.frag".into(),
+        });
+        let f = Failed {
+            path: "/bin/big".into(),
+            error: ItemError::BaseFor {
+                kind: PieceKind::Delta,
+                base_file: "/bin/big".into(),
+                error: BaseError::Unavailable(why.clone()),
+            },
+        };
+        let item: CorruptItem = f.into();
+        assert_eq!(item.path, "/bin/big");
+        assert_eq!(
+            item.what,
+            "base content for the forward differential from /bin/big unavailable: \
+             /d/N.frag.rev belongs to another fragment than /d/N.frag (stale reverse differentials)"
+        );
+        let f = Failed {
+            path: "/etc/same".into(),
+            error: ItemError::RepairFailed {
+                error: Box::new(ItemError::CopyFromBase {
+                    base_file: "/etc/same".into(),
+                    error: CopyError::PastEnd { len: 10, off: 4096 },
+                }),
+                repair: RepairError::Io(io::Error::other("disk on fire")),
+            },
+        };
+        assert_eq!(
+            f.item().what,
+            "unchanged from the base, but base file /etc/same is corrupt: \
+             10 bytes at 4096 are past its end; repair source: disk on fire"
+        );
+        let f = ItemError::Metadata(MetadataError::BaseUnavailable(Arc::new(
+            Unavailable::NoMetadata(BaseMetaError::Size {
+                entry: 5,
+                header: 7,
+            }),
+        )));
+        assert_eq!(
+            f.to_string(),
+            "base metadata unavailable: base metadata unavailable: \
+             metadata entry of 5 bytes, the base header says 7"
+        );
+        let f = ItemError::NeedsBase {
+            kind: PieceKind::Copy,
+            why,
+        };
+        assert!(f
+            .to_string()
+            .starts_with("its copy needs the base, which is unavailable: /d/N.frag.rev"));
+        let f = ItemError::InputCheck {
+            base_file: "/a".into(),
+            got: [0xab; 32],
+            want: [0xcd; 32],
+        };
+        assert_eq!(
+            f.to_string(),
+            format!(
+                "input (base file /a) check failed: blake3 {} where the manifest says {}",
+                "ab".repeat(32),
+                "cd".repeat(32)
+            )
+        );
+    }
+}
