@@ -264,11 +264,7 @@ struct Inspect<'a> {
 fn inspect(path: &Path, json: bool) -> Result<ExitCode> {
     let p = Package::open(path, PackageTrust::AnySigner).map_err(map_err)?;
     let m = &p.manifest;
-    let th = Header::decode(
-        Path::new("target header"),
-        &m.target_header,
-        u64::from_le_bytes(m.target_header[32..40].try_into().expect("8 bytes")),
-    )?;
+    let th = Header::decode_detached(Path::new("target header"), &m.target_header)?;
     let hex = |b: &[u8]| update::wire::hex(b);
     let v = Inspect {
         path: path.display().to_string(),

@@ -258,6 +258,19 @@ impl Header {
         })
     }
 
+    /// The file size field (offset 32) of raw header bytes, read without
+    /// decoding the rest: for a header kept apart from its file.
+    pub fn file_size_of(b: &[u8; HEADER_SIZE]) -> u64 {
+        get_u64(b, 32)
+    }
+
+    /// Decodes a header kept apart from its fragment file (in an update
+    /// package, in a reverse-differential file): the structure is checked
+    /// against the file size the header itself declares.
+    pub fn decode_detached(path: &Path, b: &[u8; HEADER_SIZE]) -> Result<Header> {
+        Header::decode(path, b, Header::file_size_of(b))
+    }
+
     /// Index of the single region of `kind` (metadata, small-data).
     pub fn region_of(&self, kind: RegionKind) -> usize {
         self.regions
@@ -612,6 +625,23 @@ mod tests {
         assert_eq!(&b[4032..4096], &[5; 64]);
         let d = Header::decode(Path::new("x"), &b, 4096 * 3).unwrap();
         assert_eq!(d, h);
+    }
+
+    #[test]
+    fn detached_headers_decode_against_their_own_file_size() {
+        let h = sample();
+        let b = h.encode();
+        assert_eq!(Header::file_size_of(&b), 4096 * 3);
+        assert_eq!(Header::decode_detached(Path::new("x"), &b).unwrap(), h);
+        // The structure is still checked: regions must end where the file does.
+        let mut short = h.clone();
+        short.file_size = 4096 * 2;
+        let b = short.encode();
+        assert_eq!(Header::file_size_of(&b), 4096 * 2);
+        assert!(matches!(
+            Header::decode_detached(Path::new("x"), &b),
+            Err(Error::Corrupt { .. })
+        ));
     }
 
     #[test]

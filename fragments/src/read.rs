@@ -145,6 +145,12 @@ impl Fragment {
     pub fn id(&self) -> [u8; 32] {
         *blake3::hash(&self.header_bytes).as_bytes()
     }
+    /// The 4 KiB header exactly as read and verified at open (its blake3
+    /// is `id()`): for callers that store or forward the signed header,
+    /// never to be read again from the file, which may have changed since.
+    pub fn header_bytes(&self) -> &[u8; HEADER_SIZE] {
+        &self.header_bytes
+    }
     pub fn region(&self, region: u32) -> Option<&RegionEntry> {
         self.header.regions.get(region as usize)
     }

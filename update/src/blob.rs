@@ -1,42 +1,30 @@
 //! File contents held while an update is made or applied.
 //!
 //! A content is a whole file as a reader sees it (holes read as zeros). It
-//! lives in memory up to a limit, in an unlinked scratch file beyond it,
-//! or, for a base file stored as one raw extent, in a read-only memory map
-//! of the base fragment (checked against the fragment's block hashes
-//! before use). Windows of it are borrowed where the bytes are in memory
-//! and read where they are not, so memory stays bounded by the frame and
-//! window sizes, not by the file.
+//! lives in memory up to a limit, in an unlinked scratch file beyond it.
+//! Windows of it are borrowed where the bytes are in memory and read where
+//! they are not, so memory stays bounded by the frame and window sizes, not
+//! by the file. Nothing is memory-mapped: a file truncated underneath gives
+//! an error, never SIGBUS.
 
-use memmap2::Mmap;
 use std::borrow::Cow;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::Arc;
 
 use crate::wire::Hash;
 
 /// One file's content.
 pub enum Blob {
     Mem(Vec<u8>),
-    Map {
-        map: Arc<Mmap>,
-        off: usize,
-        len: usize,
-    },
-    Scratch {
-        file: File,
-        len: u64,
-    },
+    Scratch { file: File, len: u64 },
 }
 
 impl std::fmt::Debug for Blob {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match self {
             Blob::Mem(_) => "mem",
-            Blob::Map { .. } => "map",
             Blob::Scratch { .. } => "scratch",
         };
         write!(f, "Blob({kind}, {} bytes)", self.len())
@@ -50,7 +38,6 @@ impl Blob {
     pub fn len(&self) -> u64 {
         match self {
             Blob::Mem(v) => v.len() as u64,
-            Blob::Map { len, .. } => *len as u64,
             Blob::Scratch { len, .. } => *len,
         }
     }
@@ -72,7 +59,6 @@ impl Blob {
         let (a, b) = (off as usize, end as usize);
         Ok(match self {
             Blob::Mem(v) => Cow::Borrowed(&v[a..b]),
-            Blob::Map { map, off: o, .. } => Cow::Borrowed(&map[o + a..o + b]),
             Blob::Scratch { file, .. } => {
                 let mut v = vec![0u8; len as usize];
                 file.read_exact_at(&mut v, off)?;

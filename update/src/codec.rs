@@ -89,28 +89,59 @@ pub fn compress_frame(level: i32, ldm: bool, prefix: &[u8], src: &[u8]) -> io::R
     Ok(out)
 }
 
+/// Why one zstd frame does not decode.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The decoder refused a parameter or the prefix (zstd's error name).
+    #[error("{0}")]
+    Setup(&'static str),
+    #[error("zstd frame does not decode ({0})")]
+    Zstd(&'static str),
+    #[error("frame decodes to {got} bytes, expected {want}")]
+    Length { got: usize, want: usize },
+}
+
+/// Why a differential does not decode, naming the frame.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("{frames} frames for {size} bytes in frames of {frame_size}")]
+    FrameCount {
+        frames: usize,
+        size: u64,
+        frame_size: u64,
+    },
+    #[error("frame {0} runs past the differential's bytes")]
+    PastEnd(usize),
+    #[error("frame {0} needs a base and there is none")]
+    NoBase(usize),
+    #[error("frame {frame}: base window: {error}")]
+    BaseWindow { frame: usize, error: io::Error },
+    #[error("frame {frame}: {error}")]
+    Frame { frame: usize, error: FrameError },
+    #[error("frame {frame}: writing the content: {error}")]
+    Sink { frame: usize, error: io::Error },
+    #[error("{0} bytes after the last frame")]
+    Trailing(usize),
+}
+
 /// Decompresses one frame that must give exactly `want` bytes.
-pub fn decompress_frame(prefix: &[u8], src: &[u8], want: usize) -> Result<Vec<u8>, String> {
+pub fn decompress_frame(prefix: &[u8], src: &[u8], want: usize) -> Result<Vec<u8>, FrameError> {
     let mut d = DCtx::create();
     d.set_parameter(DParameter::WindowLogMax(WINDOW_LOG_MAX))
-        .map_err(|e| zstd_safe::get_error_name(e).to_string())?;
+        .map_err(|e| FrameError::Setup(zstd_safe::get_error_name(e)))?;
     if !prefix.is_empty() {
         d.ref_prefix(prefix)
-            .map_err(|e| zstd_safe::get_error_name(e).to_string())?;
+            .map_err(|e| FrameError::Setup(zstd_safe::get_error_name(e)))?;
     }
     // One byte more than wanted, so a frame that is too long is noticed.
     let mut out = Vec::with_capacity(want + 1);
-    d.decompress(&mut out, src).map_err(|e| {
-        format!(
-            "zstd frame does not decode ({})",
-            zstd_safe::get_error_name(e)
-        )
-    })?;
+    d.decompress(&mut out, src)
+        .map_err(|e| FrameError::Zstd(zstd_safe::get_error_name(e)))?;
     if out.len() != want {
-        return Err(format!(
-            "frame decodes to {} bytes, expected {want}",
-            out.len()
-        ));
+        return Err(FrameError::Length {
+            got: out.len(),
+            want,
+        });
     }
     Ok(out)
 }
@@ -172,12 +203,13 @@ pub fn decode(
     size: u64,
     frame_size: u64,
     sink: &mut BlobSink,
-) -> Result<(), String> {
+) -> Result<(), DecodeError> {
     if frames.len() as u64 != frame_count(size, frame_size) {
-        return Err(format!(
-            "{} frames for {size} bytes in frames of {frame_size}",
-            frames.len()
-        ));
+        return Err(DecodeError::FrameCount {
+            frames: frames.len(),
+            size,
+            frame_size,
+        });
     }
     let mut at = 0usize;
     for (i, f) in frames.iter().enumerate() {
@@ -186,22 +218,22 @@ pub fn decode(
         let end = at
             .checked_add(f.stored_len as usize)
             .filter(|&e| e <= data.len())
-            .ok_or_else(|| format!("frame {i} runs past the differential's bytes"))?;
+            .ok_or(DecodeError::PastEnd(i))?;
         let prefix = if f.prefix_len == 0 {
             std::borrow::Cow::Borrowed(&[][..])
         } else {
-            let b = base.ok_or_else(|| format!("frame {i} needs a base and there is none"))?;
+            let b = base.ok_or(DecodeError::NoBase(i))?;
             b.window(f.prefix_start, f.prefix_len)
-                .map_err(|e| format!("frame {i}: base window: {e}"))?
+                .map_err(|error| DecodeError::BaseWindow { frame: i, error })?
         };
         let plain = decompress_frame(&prefix, &data[at..end], tlen as usize)
-            .map_err(|e| format!("frame {i}: {e}"))?;
+            .map_err(|error| DecodeError::Frame { frame: i, error })?;
         sink.push(&plain)
-            .map_err(|e| format!("frame {i}: writing the content: {e}"))?;
+            .map_err(|error| DecodeError::Sink { frame: i, error })?;
         at = end;
     }
     if at != data.len() {
-        return Err(format!("{} bytes after the last frame", data.len() - at));
+        return Err(DecodeError::Trailing(data.len() - at));
     }
     Ok(())
 }

@@ -10,11 +10,9 @@
 
 use crate::blob::{Blob, BlobSink, PIECE};
 use crate::error::{Error, Result};
-use fragments::{Encoding, Fragment, Metadata, RegionKind, BLOCK_SIZE};
-use memmap2::Mmap;
+use fragments::{Fragment, Metadata, RegionKind, BLOCK_SIZE};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 
 pub const NONE: u32 = u32::MAX;
 
@@ -65,26 +63,18 @@ pub fn path_string(meta: &Metadata, ino: u32) -> String {
 }
 
 /// Reads whole contents of one fragment, verified.
+///
+/// Positioned reads into buffers the bytes are then checked in, never a
+/// memory map: a fragment file truncated or rewritten underneath gives an
+/// error naming it, not a crash (a mapped page past the new end of the
+/// file would raise SIGBUS in whichever thread touched it).
 pub struct Reader<'a> {
     pub frag: &'a Fragment,
-    map: Option<Arc<Mmap>>,
 }
 
 impl<'a> Reader<'a> {
-    /// `mmap`: map the fragment file so that contents stored as one raw
-    /// extent are used in place (checked against the block hashes first).
-    /// A file truncated underneath while mapped would fault: the device
-    /// keeps its fragments, nobody rewrites them in place.
-    pub fn new(frag: &'a Fragment, mmap: bool) -> Reader<'a> {
-        let map = mmap
-            .then(|| std::fs::File::open(frag.path()).ok())
-            .flatten()
-            // SAFETY: a read-only private mapping of a file that is only
-            // replaced by rename, never rewritten in place; every byte used
-            // is checked against the fragment's signed block hashes.
-            .and_then(|f| unsafe { Mmap::map(&f) }.ok())
-            .map(Arc::new);
-        Reader { frag, map }
+    pub fn new(frag: &'a Fragment) -> Reader<'a> {
+        Reader { frag }
     }
 
     /// The content of regular inode `ino`, in memory up to `mem_limit`
@@ -92,31 +82,6 @@ impl<'a> Reader<'a> {
     pub fn read(&self, ino: u32, mem_limit: u64, dir: &Path) -> Result<Blob> {
         let meta = self.frag.metadata();
         let size = meta.inode(ino).size();
-        let ext = meta.extents_of(ino);
-        if let (Some(map), [e]) = (&self.map, ext) {
-            let r = self
-                .frag
-                .region(e.region)
-                .expect("metadata checked at open");
-            if e.file_offset == 0
-                && e.len == size
-                && r.kind == RegionKind::Data
-                && r.encoding == Encoding::Raw
-            {
-                let first = e.region_offset / BLOCK_SIZE;
-                let span = e.len.div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
-                let at = r.file_offset + e.region_offset;
-                if at + span <= map.len() as u64 {
-                    let bytes = &map[at as usize..(at + span) as usize];
-                    self.frag.check_blocks(e.region, first, bytes)?;
-                    return Ok(Blob::Map {
-                        map: map.clone(),
-                        off: at as usize,
-                        len: size as usize,
-                    });
-                }
-            }
-        }
         if size <= mem_limit {
             // Straight into the content's own buffer: no staging copy.
             let mut v = vec![0u8; size as usize];

@@ -24,7 +24,6 @@ use crate::{dir_of, Spool};
 use fragments::{Body, Fragment, Kind, Metadata, Progress, SigningKey, Trust};
 use rayon::prelude::*;
 use std::collections::HashMap;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 /// How packages are made.
@@ -177,20 +176,6 @@ enum Plan {
     Encode(Option<u32>),
 }
 
-/// Reads the 4 KiB header of an opened fragment as stored.
-fn header_bytes(f: &Fragment) -> Result<[u8; fragments::format::HEADER_SIZE]> {
-    let file = std::fs::File::open(f.path()).map_err(Error::io(f.path(), "open"))?;
-    let mut b = [0u8; fragments::format::HEADER_SIZE];
-    file.read_exact_at(&mut b, 0)
-        .map_err(Error::io(f.path(), "read"))?;
-    if blake3::hash(&b).as_bytes() != &f.id() {
-        return Err(Error::Mismatch {
-            what: format!("{}: header changed while in use", f.path().display()),
-        });
-    }
-    Ok(b)
-}
-
 /// Encodes `target` against `base`, or as a null differential when that is
 /// smaller (or there is no base). Returns the kind, the frames and where the
 /// bytes went in the spool.
@@ -244,17 +229,7 @@ pub fn diff(
     opts: &DiffOptions,
     progress: &dyn Progress,
 ) -> Result<DiffReport> {
-    if !(package::FRAME_MIN..=package::FRAME_MAX).contains(&opts.frame_size) {
-        return Err(Error::Options(format!(
-            "frame size {} outside {}..={}",
-            opts.frame_size,
-            package::FRAME_MIN,
-            package::FRAME_MAX
-        )));
-    }
-    if opts.window_max == 0 {
-        return Err(Error::Options("window must be at least one byte".into()));
-    }
+    check_options(opts)?;
     let t0 = std::time::Instant::now();
     let b = Fragment::open(base, Trust::AnySigner)?;
     let r = Fragment::open(target, Trust::AnySigner)?;
@@ -262,193 +237,33 @@ pub fn diff(
         tracing::warn!("the target fragment is signed by another key than the package: devices must trust both");
     }
     let dir = dir_of(out);
-    let (bm, rm) = (b.metadata(), r.metadata());
-    let (bc, rc) = (Contents::of(bm), Contents::of(rm));
-    let (br, rr) = (Reader::new(&b, true), Reader::new(&r, true));
-    let size_of =
-        |m: &Metadata, list: &[u32]| -> u64 { list.iter().map(|&i| m.inode(i).size()).sum() };
-    progress.phase("hashing", size_of(bm, &bc.list) + size_of(rm, &rc.list));
-    let bh = hash_all(&br, &bc.list, opts, dir, progress)?;
-    let rh = hash_all(&rr, &rc.list, opts, dir, progress)?;
+    let sides = Sides::hash(&b, &r, opts, dir, progress)?;
     tracing::info!(
         elapsed_ms = t0.elapsed().as_millis() as u64,
         "hashed base and target"
     );
-
-    let mut b_by_hash: HashMap<Hash, u32> = HashMap::new();
-    let mut by_key: HashMap<Vec<u8>, Vec<u32>> = HashMap::new();
-    let mut by_name: HashMap<Vec<u8>, Vec<u32>> = HashMap::new();
-    for &bi in &bc.list {
-        b_by_hash.entry(bh[&bi]).or_insert(bi);
-        let p = bm.path_of(bi);
-        by_key.entry(rename_key(&p)).or_default().push(bi);
-        by_name
-            .entry(rename_key(file_name(&p)))
-            .or_default()
-            .push(bi);
-    }
-    let closest = |cands: Option<&Vec<u32>>, size: u64| -> Option<u32> {
-        cands?
-            .iter()
-            .copied()
-            .min_by_key(|&c| (bm.inode(c).size().abs_diff(size), c))
-    };
-
-    let mut st = Stats {
-        base_contents: bc.list.len() as u64,
-        target_contents: rc.list.len() as u64,
-        target_bytes: size_of(rm, &rc.list),
-        ..Default::default()
-    };
-    let mut plans: Vec<(u32, Plan)> = Vec::new();
-    for &ri in &rc.list {
-        let path = rm.path_of(ri);
-        let at = bc.at_path(bm, &path);
-        if at.is_some_and(|bi| bh[&bi] == rh[&ri]) {
-            st.unchanged += 1;
-            continue;
-        }
-        if let Some(&bi) = b_by_hash.get(&rh[&ri]) {
-            if at.is_some() {
-                st.changed += 1;
-            } else {
-                st.renamed += 1;
-            }
-            plans.push((ri, Plan::Copy(bi)));
-            continue;
-        }
-        let size = rm.inode(ri).size();
-        let base = at.or_else(|| {
-            closest(by_key.get(&rename_key(&path)), size)
-                .or_else(|| closest(by_name.get(&rename_key(file_name(&path))), size))
-        });
-        match (at, base) {
-            (Some(_), _) => st.changed += 1,
-            (None, Some(_)) => st.renamed += 1,
-            (None, None) => st.added += 1,
-        }
-        plans.push((ri, Plan::Encode(base)));
-    }
-    let (deleted, metadata_only) = stats(bm, &bc, &bh, rm, &rc, &rh);
-    st.deleted = deleted;
-    st.metadata_only = metadata_only;
-
-    let enc = Encoder {
-        level: opts.level,
-        ldm: true,
-        frame_size: opts.frame_size,
-        window_max: opts.window_max,
-    };
-    let spool = Spool::new(dir)?;
-
-    // The metadata region first (small), then the contents, largest first.
-    let bmeta = Blob::Mem(metadata_bytes(&b)?);
-    let rmeta = Blob::Mem(metadata_bytes(&r)?);
-    let (md, mframes, mat, mlen, mhash) = encode_piece(&enc, Some(&bmeta), &rmeta, &spool, dir)?;
-    let mut pieces_data: Vec<(u64, u64)> = vec![(mat, mlen)];
-    let metadata = Piece {
-        inode: 0,
-        kind: if md {
-            PieceKind::Delta
-        } else {
-            PieceKind::Full
+    let (stats, plans) = sides.plan();
+    let maker = Maker {
+        sides: &sides,
+        enc: Encoder {
+            level: opts.level,
+            ldm: true,
+            frame_size: opts.frame_size,
+            window_max: opts.window_max,
         },
-        path: Vec::new(),
-        size: rmeta.len(),
-        base: md.then(|| BaseRef {
-            inode: 0,
-            hash: bmeta.hash().expect("in memory"),
-        }),
-        out_hash: rmeta.hash().expect("in memory"),
-        payload: Some(Payload {
-            offset: 0,
-            len: mlen,
-            hash: mhash,
-            frames: mframes,
-        }),
+        spool: Spool::new(dir)?,
+        mem_limit: opts.mem_limit,
+        dir,
+        progress,
     };
-
-    let mut order: Vec<usize> = (0..plans.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(rm.inode(plans[i].0).size()));
-    let encode_total: u64 = plans
-        .iter()
-        .filter(|p| matches!(p.1, Plan::Encode(_)))
-        .map(|p| rm.inode(p.0).size())
-        .sum();
-    progress.phase("differentials", encode_total);
-    let done: Vec<Result<(usize, Piece, u64, u64)>> = order
-        .par_iter()
-        .map(|&i| {
-            let (ri, plan) = &plans[i];
-            let ri = *ri;
-            let path = rm.path_of(ri);
-            let size = rm.inode(ri).size();
-            match plan {
-                Plan::Copy(bi) => Ok((
-                    i,
-                    Piece {
-                        inode: ri,
-                        kind: PieceKind::Copy,
-                        path,
-                        size,
-                        base: Some(BaseRef {
-                            inode: *bi,
-                            hash: bh[bi],
-                        }),
-                        out_hash: rh[&ri],
-                        payload: None,
-                    },
-                    0,
-                    0,
-                )),
-                Plan::Encode(base) => {
-                    let tb = rr.read(ri, opts.mem_limit, dir)?;
-                    let bb = match base {
-                        Some(bi) => Some(br.read(*bi, opts.mem_limit, dir)?),
-                        None => None,
-                    };
-                    let (is_delta, frames, at, len, hash) =
-                        encode_piece(&enc, bb.as_ref(), &tb, &spool, dir)?;
-                    progress.advance(size);
-                    Ok((
-                        i,
-                        Piece {
-                            inode: ri,
-                            kind: if is_delta {
-                                PieceKind::Delta
-                            } else {
-                                PieceKind::Full
-                            },
-                            path,
-                            size,
-                            base: base.filter(|_| is_delta).map(|bi| BaseRef {
-                                inode: bi,
-                                hash: bh[&bi],
-                            }),
-                            out_hash: rh[&ri],
-                            payload: Some(Payload {
-                                offset: 0,
-                                len,
-                                hash,
-                                frames,
-                            }),
-                        },
-                        at,
-                        len,
-                    ))
-                }
-            }
-        })
-        .collect();
-    let mut slots: Vec<Option<(Piece, u64, u64)>> = vec![None; plans.len()];
-    for d in done {
-        let (i, p, at, len) = d?;
-        slots[i] = Some((p, at, len));
-    }
-    let mut pieces = Vec::with_capacity(plans.len());
+    // The metadata region first (small), then the contents.
+    let (metadata, mat, mlen) = maker.metadata_piece()?;
+    let made = maker.pieces(&plans)?;
+    let mut pieces_data: Vec<(u64, u64)> = vec![(mat, mlen)];
+    let mut pieces = Vec::with_capacity(made.len());
     let mut offset = mlen;
     let (mut copies, mut deltas, mut fulls) = (0, 0, 0);
-    for (mut p, at, len) in slots.into_iter().map(|s| s.expect("every plan done")) {
+    for (mut p, at, len) in made {
         match p.kind {
             PieceKind::Copy => copies += 1,
             PieceKind::Delta => deltas += 1,
@@ -465,14 +280,13 @@ pub fn diff(
         frame_size: opts.frame_size,
         base_name: b.header().name.clone(),
         base_version: b.header().version.clone(),
-        target_header: Box::new(header_bytes(&r)?),
+        target_header: Box::new(*r.header_bytes()),
         metadata,
-        stats: st.clone(),
+        stats: stats.clone(),
         pieces,
     };
-    let _ = header_bytes(&b)?;
     progress.phase("writing package", 0);
-    let package_bytes = package::write(out, key, b.id(), &manifest, &spool, &pieces_data)?;
+    let package_bytes = package::write(out, key, b.id(), &manifest, &maker.spool, &pieces_data)?;
     tracing::info!(
         elapsed_ms = t0.elapsed().as_millis() as u64,
         package_bytes,
@@ -481,7 +295,7 @@ pub fn diff(
     Ok(DiffReport {
         package_bytes,
         target_fragment_bytes: r.header().file_size,
-        stats: st,
+        stats,
         copies,
         deltas,
         fulls,
@@ -489,6 +303,249 @@ pub fn diff(
         metadata_bytes: mlen,
         data_bytes: offset,
     })
+}
+
+fn check_options(opts: &DiffOptions) -> Result<()> {
+    if !(package::FRAME_MIN..=package::FRAME_MAX).contains(&opts.frame_size) {
+        return Err(Error::Options(format!(
+            "frame size {} outside {}..={}",
+            opts.frame_size,
+            package::FRAME_MIN,
+            package::FRAME_MAX
+        )));
+    }
+    if opts.window_max == 0 {
+        return Err(Error::Options("window must be at least one byte".into()));
+    }
+    Ok(())
+}
+
+/// Base and target: their contents and the contents' blake3.
+struct Sides<'a> {
+    b: &'a Fragment,
+    r: &'a Fragment,
+    bc: Contents,
+    rc: Contents,
+    bh: HashMap<u32, Hash>,
+    rh: HashMap<u32, Hash>,
+}
+
+fn size_of(m: &Metadata, list: &[u32]) -> u64 {
+    list.iter().map(|&i| m.inode(i).size()).sum()
+}
+
+impl<'a> Sides<'a> {
+    fn hash(
+        b: &'a Fragment,
+        r: &'a Fragment,
+        opts: &DiffOptions,
+        dir: &Path,
+        progress: &dyn Progress,
+    ) -> Result<Sides<'a>> {
+        let (bm, rm) = (b.metadata(), r.metadata());
+        let (bc, rc) = (Contents::of(bm), Contents::of(rm));
+        progress.phase("hashing", size_of(bm, &bc.list) + size_of(rm, &rc.list));
+        let bh = hash_all(&Reader::new(b), &bc.list, opts, dir, progress)?;
+        let rh = hash_all(&Reader::new(r), &rc.list, opts, dir, progress)?;
+        Ok(Sides {
+            b,
+            r,
+            bc,
+            rc,
+            bh,
+            rh,
+        })
+    }
+
+    /// What each content of R becomes (see the module doc), and the stats.
+    fn plan(&self) -> (Stats, Vec<(u32, Plan)>) {
+        let (bm, rm) = (self.b.metadata(), self.r.metadata());
+        let (bc, rc, bh, rh) = (&self.bc, &self.rc, &self.bh, &self.rh);
+        let mut b_by_hash: HashMap<Hash, u32> = HashMap::new();
+        let mut by_key: HashMap<Vec<u8>, Vec<u32>> = HashMap::new();
+        let mut by_name: HashMap<Vec<u8>, Vec<u32>> = HashMap::new();
+        for &bi in &bc.list {
+            b_by_hash.entry(bh[&bi]).or_insert(bi);
+            let p = bm.path_of(bi);
+            by_key.entry(rename_key(&p)).or_default().push(bi);
+            by_name
+                .entry(rename_key(file_name(&p)))
+                .or_default()
+                .push(bi);
+        }
+        let closest = |cands: Option<&Vec<u32>>, size: u64| -> Option<u32> {
+            cands?
+                .iter()
+                .copied()
+                .min_by_key(|&c| (bm.inode(c).size().abs_diff(size), c))
+        };
+        let mut st = Stats {
+            base_contents: bc.list.len() as u64,
+            target_contents: rc.list.len() as u64,
+            target_bytes: size_of(rm, &rc.list),
+            ..Default::default()
+        };
+        let mut plans: Vec<(u32, Plan)> = Vec::new();
+        for &ri in &rc.list {
+            let path = rm.path_of(ri);
+            let at = bc.at_path(bm, &path);
+            if at.is_some_and(|bi| bh[&bi] == rh[&ri]) {
+                st.unchanged += 1;
+                continue;
+            }
+            if let Some(&bi) = b_by_hash.get(&rh[&ri]) {
+                if at.is_some() {
+                    st.changed += 1;
+                } else {
+                    st.renamed += 1;
+                }
+                plans.push((ri, Plan::Copy(bi)));
+                continue;
+            }
+            let size = rm.inode(ri).size();
+            let base = at.or_else(|| {
+                closest(by_key.get(&rename_key(&path)), size)
+                    .or_else(|| closest(by_name.get(&rename_key(file_name(&path))), size))
+            });
+            match (at, base) {
+                (Some(_), _) => st.changed += 1,
+                (None, Some(_)) => st.renamed += 1,
+                (None, None) => st.added += 1,
+            }
+            plans.push((ri, Plan::Encode(base)));
+        }
+        let (deleted, metadata_only) = stats(bm, bc, bh, rm, rc, rh);
+        st.deleted = deleted;
+        st.metadata_only = metadata_only;
+        (st, plans)
+    }
+}
+
+/// Makes the pieces: differentials encoded into the spool.
+struct Maker<'a> {
+    sides: &'a Sides<'a>,
+    enc: Encoder,
+    spool: Spool,
+    mem_limit: u64,
+    dir: &'a Path,
+    progress: &'a dyn Progress,
+}
+
+impl Maker<'_> {
+    /// R's metadata region against B's: the piece and where its bytes are.
+    fn metadata_piece(&self) -> Result<(Piece, u64, u64)> {
+        let bmeta = Blob::Mem(metadata_bytes(self.sides.b)?);
+        let rmeta = Blob::Mem(metadata_bytes(self.sides.r)?);
+        let (md, frames, at, len, hash) =
+            encode_piece(&self.enc, Some(&bmeta), &rmeta, &self.spool, self.dir)?;
+        let piece = Piece {
+            inode: 0,
+            kind: if md {
+                PieceKind::Delta
+            } else {
+                PieceKind::Full
+            },
+            path: Vec::new(),
+            size: rmeta.len(),
+            base: md.then(|| BaseRef {
+                inode: 0,
+                hash: bmeta.hash().expect("in memory"),
+            }),
+            out_hash: rmeta.hash().expect("in memory"),
+            payload: Some(Payload {
+                offset: 0,
+                len,
+                hash,
+                frames,
+            }),
+        };
+        Ok((piece, at, len))
+    }
+
+    /// Every planned piece (made largest first, over the cores), in plan
+    /// order, with where its bytes went in the spool.
+    fn pieces(&self, plans: &[(u32, Plan)]) -> Result<Vec<(Piece, u64, u64)>> {
+        let rm = self.sides.r.metadata();
+        let mut order: Vec<usize> = (0..plans.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(rm.inode(plans[i].0).size()));
+        let encode_total: u64 = plans
+            .iter()
+            .filter(|p| matches!(p.1, Plan::Encode(_)))
+            .map(|p| rm.inode(p.0).size())
+            .sum();
+        self.progress.phase("differentials", encode_total);
+        let done: Vec<Result<(usize, Piece, u64, u64)>> = order
+            .par_iter()
+            .map(|&i| {
+                let (ri, plan) = &plans[i];
+                self.piece(*ri, plan).map(|(p, at, len)| (i, p, at, len))
+            })
+            .collect();
+        let mut slots: Vec<Option<(Piece, u64, u64)>> = vec![None; plans.len()];
+        for d in done {
+            let (i, p, at, len) = d?;
+            slots[i] = Some((p, at, len));
+        }
+        Ok(slots
+            .into_iter()
+            .map(|s| s.expect("every plan done"))
+            .collect())
+    }
+
+    fn piece(&self, ri: u32, plan: &Plan) -> Result<(Piece, u64, u64)> {
+        let s = self.sides;
+        let rm = s.r.metadata();
+        let path = rm.path_of(ri);
+        let size = rm.inode(ri).size();
+        let base = match plan {
+            Plan::Copy(bi) => {
+                let piece = Piece {
+                    inode: ri,
+                    kind: PieceKind::Copy,
+                    path,
+                    size,
+                    base: Some(BaseRef {
+                        inode: *bi,
+                        hash: s.bh[bi],
+                    }),
+                    out_hash: s.rh[&ri],
+                    payload: None,
+                };
+                return Ok((piece, 0, 0));
+            }
+            Plan::Encode(base) => *base,
+        };
+        let tb = Reader::new(s.r).read(ri, self.mem_limit, self.dir)?;
+        let bb = match base {
+            Some(bi) => Some(Reader::new(s.b).read(bi, self.mem_limit, self.dir)?),
+            None => None,
+        };
+        let (is_delta, frames, at, len, hash) =
+            encode_piece(&self.enc, bb.as_ref(), &tb, &self.spool, self.dir)?;
+        self.progress.advance(size);
+        let piece = Piece {
+            inode: ri,
+            kind: if is_delta {
+                PieceKind::Delta
+            } else {
+                PieceKind::Full
+            },
+            path,
+            size,
+            base: base.filter(|_| is_delta).map(|bi| BaseRef {
+                inode: bi,
+                hash: s.bh[&bi],
+            }),
+            out_hash: s.rh[&ri],
+            payload: Some(Payload {
+                offset: 0,
+                len,
+                hash,
+                frames,
+            }),
+        };
+        Ok((piece, at, len))
+    }
 }
 
 #[cfg(test)]

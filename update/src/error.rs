@@ -23,6 +23,20 @@ fn list(items: &[CorruptItem]) -> String {
     items.iter().map(|i| format!("\n  {i}")).collect::<String>()
 }
 
+/// The bytes of one differential (in a package or a reverse-differential
+/// file) could not be had intact.
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    #[error("package data unreadable ({0})")]
+    PackageUnreadable(io::Error),
+    #[error("forward differential in the package is corrupt (blake3 of its {len} bytes at data offset {offset} does not match the signed manifest)")]
+    PackageCorrupt { len: u64, offset: u64 },
+    #[error("reverse differential unreadable ({0})")]
+    RevUnreadable(io::Error),
+    #[error("reverse differential is corrupt (blake3 of its {len} bytes at {at} does not match)")]
+    RevCorrupt { len: u64, at: u64 },
+}
+
 /// Everything that can go wrong making, reading or applying an update.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

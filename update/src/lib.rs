@@ -31,7 +31,11 @@
 //! - **Atomic output**: temporary files, fsync, rename (the `.rev` first).
 //! - **Bounded memory**: contents over a limit live in scratch files,
 //!   differentials are made of independently decodable frames over bounded
-//!   windows of the base, and the base fragment is memory-mapped.
+//!   windows of the base.
+//! - **No mapping of input files**: fragments are read with positioned
+//!   reads and checked in the buffer; a base truncated or replaced while an
+//!   apply runs gives an error naming it, never a crash, and its header is
+//!   the one verified at open (`Fragment::header_bytes`), never re-read.
 //!
 //! What it does not do: choose which packages a device needs, or download
 //! anything.
@@ -48,7 +52,7 @@ pub mod wire;
 
 pub use apply::{apply, ApplyOptions, ApplyReport};
 pub use diff::{diff, DiffOptions, DiffReport};
-pub use error::{CorruptItem, Error, Result};
+pub use error::{CorruptItem, Error, PayloadError, Result};
 pub use package::{Package, PackageTrust};
 
 use std::io::Write;

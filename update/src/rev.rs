@@ -55,7 +55,7 @@
 //! reverse-differential file; bump the major version.
 
 use crate::codec::{frame_count, Frame};
-use crate::error::{Error, Result};
+use crate::error::{Error, PayloadError, Result};
 use crate::wire::{fault, Hash, Reader, WireFault, Writer};
 use fragments::format::HEADER_SIZE as FRAG_HEADER;
 use std::fs::File;
@@ -431,17 +431,14 @@ impl RevFile {
     }
 
     /// The bytes of a reverse differential, checked against its hash.
-    pub fn payload(&self, p: &RevPayload) -> std::result::Result<Vec<u8>, String> {
+    pub fn payload(&self, p: &RevPayload) -> Result<Vec<u8>, PayloadError> {
         let mut b = vec![0u8; p.len as usize];
+        let at = self.header.data_offset + p.offset;
         self.file
-            .read_exact_at(&mut b, self.header.data_offset + p.offset)
-            .map_err(|e| format!("reverse differential unreadable ({e})"))?;
+            .read_exact_at(&mut b, at)
+            .map_err(PayloadError::RevUnreadable)?;
         if blake3::hash(&b).as_bytes() != &p.hash {
-            return Err(format!(
-                "reverse differential is corrupt (blake3 of its {} bytes at {} does not match)",
-                p.len,
-                self.header.data_offset + p.offset
-            ));
+            return Err(PayloadError::RevCorrupt { len: p.len, at });
         }
         Ok(b)
     }

@@ -1,8 +1,17 @@
 //! The output file: where each region's logical bytes are written, block
-//! hashes gathered as written, and the regions finished at the end.
+//! hashes gathered as written.
 
-use super::*;
-pub(super) enum Target {
+use crate::blob::{Blob, PIECE};
+use crate::error::{Error, Result};
+use fragments::hash::{block_cv, Cv};
+use fragments::{Encoding, Header, Metadata, RegionKind, BLOCK_SIZE};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Where the logical bytes of one region of R are written.
+pub(super) enum Dest {
     /// Raw region: in place in the output file, at this file offset.
     Direct(u64),
     /// Compressed region: logical bytes in a scratch file, compressed at the end.
@@ -16,7 +25,7 @@ pub(super) type BlockCvs = Mutex<Vec<(u64, Cv)>>;
 pub(super) struct Output {
     pub(super) file: File,
     pub(super) path: PathBuf,
-    pub(super) targets: Vec<Target>,
+    pub(super) dests: Vec<Dest>,
     /// Per region: block CVs computed from the bytes as they are written
     /// (raw data regions, where every block belongs to one content and
     /// ends in zero padding), so no pass reads the region back.
@@ -24,9 +33,54 @@ pub(super) struct Output {
 }
 
 impl Output {
+    /// A temporary file beside the output, of R's size and all zeros, and
+    /// where each of R's regions goes.
+    pub(super) fn create(dir: &Path, header: &Header) -> Result<(tempfile::NamedTempFile, Output)> {
+        let tmp = tempfile::Builder::new()
+            .prefix(".mosaic-update")
+            .tempfile_in(dir)
+            .map_err(Error::io(dir, "create a temporary file"))?;
+        tmp.as_file()
+            .set_len(header.file_size)
+            .map_err(Error::io(tmp.path(), "size"))?;
+        let mut dests = Vec::new();
+        for r in &header.regions {
+            dests.push(match (r.kind, r.encoding) {
+                (RegionKind::Data | RegionKind::Small, Encoding::Raw) => {
+                    Dest::Direct(r.file_offset)
+                }
+                (RegionKind::Data | RegionKind::Small, Encoding::Zstd) => {
+                    let f = tempfile::tempfile_in(dir)
+                        .map_err(Error::io(dir, "create a scratch file"))?;
+                    f.set_len(r.logical_len)
+                        .map_err(Error::io(dir, "size a scratch file"))?;
+                    Dest::Scratch(f)
+                }
+                _ => Dest::None,
+            });
+        }
+        let output = Output {
+            file: tmp
+                .as_file()
+                .try_clone()
+                .map_err(Error::io(tmp.path(), "duplicate a handle"))?,
+            path: tmp.path().to_owned(),
+            cvs: header
+                .regions
+                .iter()
+                .map(|r| {
+                    (r.kind == RegionKind::Data && r.encoding == Encoding::Raw)
+                        .then(|| Mutex::new(Vec::new()))
+                })
+                .collect(),
+            dests,
+        };
+        Ok((tmp, output))
+    }
+
     pub(super) fn write_at(&self, region: u32, at: u64, bytes: &[u8]) -> std::io::Result<()> {
-        match self.targets.get(region as usize) {
-            Some(Target::Direct(off)) => {
+        match self.dests.get(region as usize) {
+            Some(Dest::Direct(off)) => {
                 self.file.write_all_at(bytes, off + at)?;
                 if bytes.len() >= 1 << 20 {
                     // Start writing this range back now, so the disk works
@@ -35,32 +89,18 @@ impl Output {
                 }
                 if let Some(Some(cvs)) = self.cvs.get(region as usize) {
                     if at.is_multiple_of(BLOCK_SIZE) {
-                        let first = at / BLOCK_SIZE;
-                        let list: Vec<(u64, Cv)> = bytes
-                            .chunks(BLOCK_SIZE as usize)
-                            .enumerate()
-                            .map(|(i, b)| {
-                                let blk = first + i as u64;
-                                let cv = if b.len() == BLOCK_SIZE as usize {
-                                    block_cv(blk * BLOCK_SIZE, b)
-                                } else {
-                                    let mut p = [0u8; BLOCK_SIZE as usize];
-                                    p[..b.len()].copy_from_slice(b);
-                                    block_cv(blk * BLOCK_SIZE, &p)
-                                };
-                                (blk, cv)
-                            })
-                            .collect();
+                        let list = written_cvs(at / BLOCK_SIZE, bytes);
                         cvs.lock().expect("cv lock").extend(list);
                     }
                 }
                 Ok(())
             }
-            Some(Target::Scratch(f)) => f.write_all_at(bytes, at),
+            Some(Dest::Scratch(f)) => f.write_all_at(bytes, at),
             _ => Err(std::io::Error::other("extent in a region without data")),
         }
     }
 
+    /// Writes content `ri` of `meta` where its extents say.
     pub(super) fn write_content(
         &self,
         meta: &Metadata,
@@ -80,139 +120,37 @@ impl Output {
     }
 }
 
-/// Block CVs of the region stored at `[offset, offset + len)` of `map`
-/// (the output file, mapped once everything is written), region-relative.
-pub(super) fn cvs_of(map: &[u8], offset: u64, len: u64) -> std::io::Result<Vec<[u8; 32]>> {
-    let bytes = map
-        .get(offset as usize..(offset + len) as usize)
-        .ok_or_else(|| std::io::Error::other("region outside the output file"))?;
-    Ok(bytes
-        .par_chunks(BLOCK_SIZE as usize)
+/// Block CVs of `bytes` written at block `first` of a raw data region (a
+/// partial last block is the end of a content: zero padded).
+fn written_cvs(first: u64, bytes: &[u8]) -> Vec<(u64, Cv)> {
+    bytes
+        .chunks(BLOCK_SIZE as usize)
         .enumerate()
-        .map(|(i, c)| block_cv(i as u64 * BLOCK_SIZE, c))
-        .collect())
+        .map(|(i, b)| {
+            let blk = first + i as u64;
+            let cv = if b.len() == BLOCK_SIZE as usize {
+                block_cv(blk * BLOCK_SIZE, b)
+            } else {
+                let mut p = [0u8; BLOCK_SIZE as usize];
+                p[..b.len()].copy_from_slice(b);
+                block_cv(blk * BLOCK_SIZE, &p)
+            };
+            (blk, cv)
+        })
+        .collect()
 }
 
-/// Lays out R's regions around the contents already written: compresses
-/// compressed regions as the builder does, writes the metadata, the hash
-/// region and R's signed header.
-pub(super) fn finish_regions(
-    out: &Output,
-    header: &Header,
-    header_bytes: &[u8; FRAG_HEADER],
-    meta: &[u8],
-    progress: &dyn Progress,
-) -> Result<()> {
-    let mismatch = |what: String| Error::Mismatch { what };
-    let io = |op| Error::io(&out.path, op);
-    let level = header.zstd_level as i32;
-    let mut all_cvs = Vec::new();
-    for (i, r) in header.regions.iter().enumerate() {
-        match r.kind {
-            RegionKind::Hashes => continue,
-            RegionKind::Metadata => {
-                let mut b = meta.to_vec();
-                b.resize(r.stored_len as usize, 0);
-                if meta.len() as u64 != r.logical_len {
-                    return Err(mismatch(format!(
-                        "metadata is {} bytes, the header says {}",
-                        meta.len(),
-                        r.logical_len
-                    )));
-                }
-                out.file
-                    .write_all_at(&b, r.file_offset)
-                    .map_err(io("write"))?;
-            }
-            RegionKind::Data | RegionKind::Small => {
-                if let Target::Scratch(s) = &out.targets[i] {
-                    let stored = if r.kind == RegionKind::Data {
-                        progress.phase("compressing", r.logical_len);
-                        fragments::build::compress_file_region(
-                            s,
-                            r.logical_len,
-                            &out.file,
-                            r.file_offset,
-                            level,
-                            &out.path,
-                            progress,
-                        )?
-                    } else {
-                        let mut logical = vec![0u8; r.logical_len as usize];
-                        s.read_exact_at(&mut logical, 0)
-                            .map_err(io("read a scratch file"))?;
-                        let mut c = fragments::compress::compress_region(&logical, level)
-                            .map_err(io("compress"))?;
-                        c.resize(
-                            c.len().div_ceil(BLOCK_SIZE as usize) * BLOCK_SIZE as usize,
-                            0,
-                        );
-                        if c.len() as u64 == r.stored_len {
-                            out.file
-                                .write_all_at(&c, r.file_offset)
-                                .map_err(io("write"))?;
-                        }
-                        c.len() as u64
-                    };
-                    if stored != r.stored_len {
-                        return Err(mismatch(format!(
-                            "region {i} ({}) compresses to {stored} bytes, the lab's to {} (another zstd version?)",
-                            r.kind, r.stored_len
-                        )));
-                    }
-                }
-            }
-        }
+/// Asks the kernel to start writing a file's dirty pages back without
+/// waiting (the durable `fsync` comes later).
+pub(super) fn start_writeback(f: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on a descriptor we own; no memory is passed.
+    unsafe {
+        libc::sync_file_range(
+            f.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
     }
-    // Every region is in place: hash them all from one read-only mapping
-    // of the output (our own temporary file: nobody else truncates it).
-    // SAFETY: see above; the mapping is dropped before the file is renamed.
-    let map = unsafe { memmap2::MmapOptions::new().map(&out.file) }.map_err(io("map"))?;
-    for (i, r) in header.regions.iter().enumerate() {
-        if r.kind == RegionKind::Hashes {
-            continue;
-        }
-        match out.cvs.get(i) {
-            Some(Some(pre)) => {
-                let pre = std::mem::take(&mut *pre.lock().expect("cv lock"));
-                let mut dense: Vec<Option<Cv>> = vec![None; (r.stored_len / BLOCK_SIZE) as usize];
-                for (blk, cv) in pre {
-                    if let Some(slot) = dense.get_mut(blk as usize) {
-                        *slot = Some(cv);
-                    }
-                }
-                // Blocks no content wrote (none in a builder's region): from the file.
-                for (blk, slot) in dense.iter_mut().enumerate() {
-                    if slot.is_none() {
-                        let at = (r.file_offset + blk as u64 * BLOCK_SIZE) as usize;
-                        *slot = Some(block_cv(
-                            blk as u64 * BLOCK_SIZE,
-                            &map[at..at + BLOCK_SIZE as usize],
-                        ));
-                    }
-                }
-                all_cvs.extend(dense.into_iter().map(|c| c.expect("filled")));
-            }
-            _ => {
-                all_cvs.extend(cvs_of(&map, r.file_offset, r.stored_len).map_err(io("read back"))?)
-            }
-        }
-    }
-    let hr = header.regions.last().expect("decode checked a hash region");
-    let mut hb: Vec<u8> = all_cvs.iter().flatten().copied().collect();
-    if hb.len() as u64 != hr.logical_len {
-        return Err(mismatch(format!(
-            "{} block hashes, the header has room for {}",
-            all_cvs.len(),
-            hr.logical_len / 32
-        )));
-    }
-    hb.resize(hr.stored_len as usize, 0);
-    out.file
-        .write_all_at(&hb, hr.file_offset)
-        .map_err(io("write"))?;
-    out.file
-        .write_all_at(header_bytes, 0)
-        .map_err(io("write"))?;
-    Ok(())
 }
