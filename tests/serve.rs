@@ -44,18 +44,7 @@ fn served_volume_equals_exported_image() {
     // Over TCP too.
     assert_same_image(&fx.image, &format!("nbd://{listen}/root"));
     // An unknown export name is refused, so the comparisons mean something.
-    let o = tool(
-        "qemu-img",
-        [
-            "compare".as_ref(),
-            "-f".as_ref(),
-            "raw".as_ref(),
-            "-F".as_ref(),
-            "raw".as_ref(),
-            fx.image.as_os_str(),
-            uri(&sock, "nosuch").as_ref(),
-        ],
-    );
+    let o = qemu_img_compare(&fx.image, &uri(&sock, "nosuch"));
     assert!(
         !o.status.success(),
         "qemu-img compare against export `nosuch` succeeded:\n{}",

@@ -17,7 +17,6 @@ use std::ffi::OsString;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{FileExt, FileTypeExt};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 #[test]
@@ -227,6 +226,23 @@ fn slot_content(off: u64, seed: u8) -> Vec<u8> {
     out
 }
 
+/// The next write a writer script reports acknowledged (its line
+/// `ack OFFSET SEED`), or None once it has closed its output.
+#[track_caller]
+fn acknowledgement(writer: &Running, deadline: Instant) -> Option<(u64, u8)> {
+    let line = match writer.stdout.next_line(deadline) {
+        Ok(l) => l,
+        Err(NoLine::Ended) => return None,
+        Err(NoLine::Deadline) => panic!(
+            "the writer did not finish within {TOOL_DEADLINE:?}:\n{}",
+            writer.transcript()
+        ),
+    };
+    let f: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(f.len(), 3, "writer printed {line:?}");
+    Some((f[1].parse().unwrap(), f[2].parse().unwrap()))
+}
+
 #[test]
 fn kill9_during_writes_keeps_acknowledged_writes() {
     require_python_nbd();
@@ -247,45 +263,32 @@ fn kill9_during_writes_keeps_acknowledged_writes() {
         }
         drop(c);
         let base = MIB + round * count * 65536;
-        let mut py = python_cmd(
-            WRITER_PY,
-            [
-                sock.clone().into_os_string(),
-                base.to_string().into(),
-                count.to_string().into(),
-                round.to_string().into(),
-            ],
+        let mut writer = Running::start(
+            &mut python_cmd(
+                WRITER_PY,
+                [
+                    sock.clone().into_os_string(),
+                    base.to_string().into(),
+                    count.to_string().into(),
+                    round.to_string().into(),
+                ],
+            ),
+            false,
         );
-        py.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = spawn(&mut py);
-        let mut out = Lines::read(child.stdout.take().unwrap());
-        let mut errors = Lines::read(child.stderr.take().unwrap());
         let deadline = Instant::now() + TOOL_DEADLINE;
         let kill_after = 4 + 5 * round as usize;
         let mut this_round = Vec::new();
         let mut srv = Some(srv);
-        loop {
-            let line = match out.next_line(deadline) {
-                Ok(l) => l,
-                Err(NoLine::Ended) => break,
-                Err(NoLine::Deadline) => panic!(
-                    "round {round}: the writer did not finish within {TOOL_DEADLINE:?}:\n{}",
-                    errors.text()
-                ),
-            };
-            let f: Vec<&str> = line.split_whitespace().collect();
-            assert_eq!(f.len(), 3, "writer printed {line:?}");
-            this_round.push((f[1].parse::<u64>().unwrap(), f[2].parse::<u8>().unwrap()));
+        while let Some(ack) = acknowledgement(&writer, deadline) {
+            this_round.push(ack);
             if this_round.len() == kill_after {
                 srv.take().unwrap().kill9();
             }
         }
-        let status = wait_within(child, TOOL_DEADLINE)
+        let status = writer
+            .wait(TOOL_DEADLINE)
             .unwrap_or_else(|s| panic!("round {round}: the writer did not exit (killed, {s})"));
-        errors.wait_closed(deadline);
-        let err = errors.text();
+        let err = writer.stderr.text();
         assert!(
             srv.is_none(),
             "round {round}: the writer stopped after {} acknowledgements ({status}):\n{err}",
@@ -359,54 +362,35 @@ fn sigterm_keeps_acknowledged_unflushed_writes() {
     let sock = fx.socket("s.sock");
     let srv = Server::start(&[&fx.manifest], &sock, &[]);
     let base = 16 * MIB;
-    let mut py = python_cmd(
-        GRACEFUL_PY,
-        [
-            sock.clone().into_os_string(),
-            base.to_string().into(),
-            "32".into(),
-        ],
+    let mut writer = Running::start(
+        &mut python_cmd(
+            GRACEFUL_PY,
+            [
+                sock.clone().into_os_string(),
+                base.to_string().into(),
+                "32".into(),
+            ],
+        ),
+        true,
     );
-    py.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = spawn(&mut py);
-    let mut out = Lines::read(child.stdout.take().unwrap());
-    let mut errors = Lines::read(child.stderr.take().unwrap());
     let deadline = Instant::now() + TOOL_DEADLINE;
-    let first = out.next_line(deadline);
+    let first = writer.stdout.next_line(deadline);
     if first.as_deref() != Ok("sent") {
-        let status = wait_within(child, Duration::ZERO);
-        errors.wait_closed(deadline);
-        panic!(
-            "writer: {first:?} ({status:?}):\n{}\n{}",
-            out.text(),
-            errors.text()
-        );
+        let status = writer.wait(Duration::ZERO);
+        panic!("writer: {first:?} ({status:?}):\n{}", writer.transcript());
     }
     let log = srv.stop();
     assert!(log.contains("stopped"), "server stderr:\n{log}");
-    writeln!(child.stdin.take().unwrap()).unwrap();
+    writeln!(writer.stdin.take().unwrap()).unwrap();
     let mut acked: Vec<(u64, u8)> = Vec::new();
-    loop {
-        let l = match out.next_line(deadline) {
-            Ok(l) => l,
-            Err(NoLine::Ended) => break,
-            Err(NoLine::Deadline) => panic!(
-                "the writer did not finish within {TOOL_DEADLINE:?}:\n{}",
-                errors.text()
-            ),
-        };
-        let f: Vec<&str> = l.split_whitespace().collect();
-        assert_eq!(f.len(), 3, "writer printed {l:?}");
-        acked.push((f[1].parse().unwrap(), f[2].parse().unwrap()));
+    while let Some(ack) = acknowledgement(&writer, deadline) {
+        acked.push(ack);
     }
-    let status = wait_within(child, TOOL_DEADLINE);
-    errors.wait_closed(deadline);
+    let status = writer.wait(TOOL_DEADLINE);
     assert!(
         matches!(status, Ok(s) if s.success()),
         "writer ({status:?}):\n{}",
-        errors.text()
+        writer.transcript()
     );
     assert!(acked.len() >= 8, "only {} writes acknowledged", acked.len());
     eprintln!(

@@ -17,7 +17,9 @@ mod kit;
 
 use fragments::{BuildOptions, SigningKey};
 use kit::golden::{blake3_hex, compare_or_bless};
-use kit::image::{assert_fsck_clean, assert_fsck_fixes_nothing, debugfs_text, Mount};
+use kit::image::{
+    assert_fsck_clean, assert_fsck_fixes_nothing, debugfs_text, export_image_with, Mount,
+};
 use kit::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
@@ -81,30 +83,14 @@ impl Lab {
 
 /// `mosaic volume export MANIFEST -o OUT [--json]`.
 fn export(manifest: &Path, out: &Path, json: bool) -> Output {
-    let mut args: Vec<OsString> = vec![
-        "volume".into(),
-        "export".into(),
-        manifest.into(),
-        "-o".into(),
-        out.into(),
-    ];
-    if json {
-        args.push("--json".into());
-    }
-    kit::mosaic(&args)
+    export_image_with(manifest, out, if json { &["--json"] } else { &[] })
 }
 
 /// Exports and returns the `--json` summary, failing unless exit 0.
 #[track_caller]
 fn export_ok(manifest: &Path, out: &Path) -> serde_json::Value {
     let o = export(manifest, out, true);
-    assert!(
-        o.status.success(),
-        "volume export {} failed ({}):\n{}",
-        manifest.display(),
-        o.status,
-        text(&o)
-    );
+    expect_code(&o, 0, &format!("volume export {}", manifest.display()));
     let stdout = String::from_utf8_lossy(&o.stdout);
     let v: serde_json::Value = serde_json::from_str(&stdout)
         .unwrap_or_else(|e| panic!("--json output is not JSON ({e}): {stdout}"));

@@ -1,9 +1,12 @@
-//! Processes a test started: signals, waiting with a deadline, and their
-//! output read line by line.
+//! Processes a test started: signals, waiting with a deadline, their
+//! output read line by line ([`Lines`]), and a running process that is
+//! stopped when dropped ([`Running`]).
 
+use crate::tools::spawn;
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, ExitStatus};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 fn signal_number(name: &str) -> libc::c_int {
@@ -64,7 +67,9 @@ pub fn wait_within(mut child: Child, limit: Duration) -> Result<ExitStatus, Exit
 
 /// The lines a stream gave (lossy UTF-8, `\r` dropped), read by a thread of
 /// their own, kept from the first, and waited on with deadlines.
-pub struct Lines {
+pub struct Lines(Mutex<Received>);
+
+struct Received {
     rx: Receiver<String>,
     log: Vec<String>,
     closed: bool,
@@ -90,6 +95,55 @@ impl std::fmt::Display for NoLine {
     }
 }
 
+impl Received {
+    /// Takes in the lines that arrived, without waiting.
+    fn drain(&mut self) {
+        while let Ok(l) = self.rx.try_recv() {
+            self.log.push(l);
+        }
+    }
+
+    /// Waits for one more line (or the end of the stream) until `deadline`.
+    fn receive(&mut self, deadline: Instant) -> Result<(), NoLine> {
+        if self.closed {
+            return Err(NoLine::Ended);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.rx.recv_timeout(left) {
+            Ok(l) => {
+                self.log.push(l);
+                Ok(())
+            }
+            Err(RecvTimeoutError::Timeout) => Err(NoLine::Deadline),
+            Err(RecvTimeoutError::Disconnected) => {
+                self.closed = true;
+                Err(NoLine::Ended)
+            }
+        }
+    }
+
+    fn wait_line(
+        &mut self,
+        from: usize,
+        wanted: impl Fn(&str) -> bool,
+        deadline: Instant,
+    ) -> Result<usize, NoLine> {
+        self.drain();
+        let mut at = from;
+        loop {
+            let found = self
+                .log
+                .get(at..)
+                .and_then(|l| l.iter().position(|l| wanted(l)));
+            if let Some(i) = found {
+                return Ok(at + i);
+            }
+            at = self.log.len().max(from);
+            self.receive(deadline)?;
+        }
+    }
+}
+
 impl Lines {
     /// Starts reading `r` on a thread; the lines arrive until end of file.
     pub fn read(r: impl Read + Send + 'static) -> Lines {
@@ -112,97 +166,170 @@ impl Lines {
                 }
             }
         });
-        Lines {
+        Lines(Mutex::new(Received {
             rx,
             log: Vec::new(),
             closed: false,
             cursor: 0,
-        }
+        }))
     }
 
-    /// Takes in the lines that arrived, without waiting.
-    pub fn drain(&mut self) {
-        while let Ok(l) = self.rx.try_recv() {
-            self.log.push(l);
-        }
+    fn lock(&self) -> MutexGuard<'_, Received> {
+        // A panic elsewhere while holding it leaves the lines usable.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Every line so far.
-    pub fn lines(&mut self) -> &[String] {
-        self.drain();
-        &self.log
+    pub fn lines(&self) -> Vec<String> {
+        let mut r = self.lock();
+        r.drain();
+        r.log.clone()
     }
 
     /// Every line so far, joined with newlines.
-    pub fn text(&mut self) -> String {
+    pub fn text(&self) -> String {
         self.lines().join("\n")
     }
 
-    /// Waits for one more line (or the end of the stream) until `deadline`.
-    fn receive(&mut self, deadline: Instant) -> Result<(), NoLine> {
-        if self.closed {
-            return Err(NoLine::Ended);
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        match self.rx.recv_timeout(left) {
-            Ok(l) => {
-                self.log.push(l);
-                Ok(())
-            }
-            Err(RecvTimeoutError::Timeout) => Err(NoLine::Deadline),
-            Err(RecvTimeoutError::Disconnected) => {
-                self.closed = true;
-                Err(NoLine::Ended)
-            }
-        }
-    }
-
-    /// The index of the first line at or after index `from` for which
-    /// `wanted` holds, waiting for more lines until `deadline`.
+    /// The first line at or after index `from` for which `wanted` holds,
+    /// waiting for more lines until `deadline`: (its index, the line).
     pub fn wait_line(
-        &mut self,
+        &self,
         from: usize,
         wanted: impl Fn(&str) -> bool,
         deadline: Instant,
-    ) -> Result<usize, NoLine> {
-        self.drain();
-        let mut at = from;
-        loop {
-            if let Some(i) = self
-                .log
-                .get(at..)
-                .and_then(|l| l.iter().position(|l| wanted(l)))
-            {
-                return Ok(at + i);
-            }
-            at = self.log.len().max(from);
-            self.receive(deadline)?;
-        }
+    ) -> Result<(usize, String), NoLine> {
+        let mut r = self.lock();
+        let i = r.wait_line(from, wanted, deadline)?;
+        Ok((i, r.log[i].clone()))
     }
 
     /// The lines one by one: the line after the one this returned last
     /// (the first line at first), waiting for it until `deadline`.
-    pub fn next_line(&mut self, deadline: Instant) -> Result<String, NoLine> {
-        let i = self.wait_line(self.cursor, |_| true, deadline)?;
-        self.cursor = i + 1;
-        Ok(self.log[i].clone())
+    pub fn next_line(&self, deadline: Instant) -> Result<String, NoLine> {
+        let mut r = self.lock();
+        let from = r.cursor;
+        let i = r.wait_line(from, |_| true, deadline)?;
+        r.cursor = i + 1;
+        Ok(r.log[i].clone())
     }
 
     /// The first line (from the start) containing `marker`, waiting for it
     /// until `deadline`.
-    pub fn wait_for(&mut self, marker: &str, deadline: Instant) -> Result<String, NoLine> {
-        let i = self.wait_line(0, |l| l.contains(marker), deadline)?;
-        Ok(self.log[i].clone())
+    pub fn wait_for(&self, marker: &str, deadline: Instant) -> Result<String, NoLine> {
+        self.wait_line(0, |l| l.contains(marker), deadline)
+            .map(|(_, l)| l)
     }
 
     /// Reads to the end of the stream; false when `deadline` came first.
-    pub fn wait_closed(&mut self, deadline: Instant) -> bool {
+    pub fn wait_closed(&self, deadline: Instant) -> bool {
+        let mut r = self.lock();
         loop {
-            match self.receive(deadline) {
+            match r.receive(deadline) {
                 Ok(()) => {}
                 Err(NoLine::Ended) => return true,
                 Err(NoLine::Deadline) => return false,
             }
+        }
+    }
+}
+
+/// How long [`Running::wait`] waits for the output streams to end once
+/// the process has exited (a child of it may hold them).
+const STREAMS_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A process a test started, its stdout and stderr read line by line.
+/// Dropping it sends its drop signal (SIGKILL unless [`Running::on_drop`]
+/// says otherwise), tolerating a process already gone, and waits for it.
+pub struct Running {
+    child: Option<Child>,
+    /// Its input, when [`Running::start`] was asked for a pipe.
+    pub stdin: Option<ChildStdin>,
+    pub stdout: Lines,
+    pub stderr: Lines,
+    drop_signal: &'static str,
+    drop_wait: Duration,
+}
+
+impl Running {
+    /// Spawns `cmd` with stdout and stderr piped, and stdin piped when
+    /// `input` (else no input). A program that is not installed fails the
+    /// test naming its Debian package.
+    #[track_caller]
+    pub fn start(cmd: &mut Command, input: bool) -> Running {
+        cmd.stdin(if input { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = spawn(cmd);
+        let stdin = child.stdin.take();
+        let stdout = Lines::read(child.stdout.take().expect("piped stdout"));
+        let stderr = Lines::read(child.stderr.take().expect("piped stderr"));
+        Running {
+            child: Some(child),
+            stdin,
+            stdout,
+            stderr,
+            drop_signal: "KILL",
+            drop_wait: Duration::from_secs(10),
+        }
+    }
+
+    /// Dropped while running, the process gets `signal` and `wait` to exit
+    /// (then SIGKILL).
+    pub fn on_drop(mut self, signal: &'static str, wait: Duration) -> Running {
+        self.drop_signal = signal;
+        self.drop_wait = wait;
+        self
+    }
+
+    /// Its pid (fails the test once it has been waited for).
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .expect("the process was waited for")
+            .id()
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Sends `name`, which must be delivered.
+    #[track_caller]
+    pub fn signal(&self, name: &str) {
+        signal(self.pid(), name);
+    }
+
+    /// Waits for the process to exit and its output to end; past `limit`
+    /// it is killed: `Err` with the status it then had.
+    pub fn wait(&mut self, limit: Duration) -> Result<ExitStatus, ExitStatus> {
+        let child = self.child.take().expect("the process was waited for");
+        drop(self.stdin.take());
+        let status = wait_within(child, limit);
+        let deadline = Instant::now() + STREAMS_DEADLINE;
+        self.stdout.wait_closed(deadline);
+        self.stderr.wait_closed(deadline);
+        status
+    }
+
+    /// stdout and stderr so far, for failure messages.
+    pub fn transcript(&self) -> String {
+        format!(
+            "--- stdout\n{}\n--- stderr\n{}",
+            self.stdout.text(),
+            self.stderr.text()
+        )
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            // Cleanup, possibly while a test is failing: the process may
+            // have exited already, so a failed signal is fine here.
+            let _ = try_signal(child.id(), self.drop_signal);
+            let _ = wait_within(child, self.drop_wait);
         }
     }
 }

@@ -181,13 +181,7 @@ where
     let program = program.as_ref().to_owned();
     let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
     let o = tool(&program, &args);
-    assert!(
-        o.status.success(),
-        "`{} {args:?}` failed ({}):\n{}",
-        program.to_string_lossy(),
-        o.status,
-        text(&o)
-    );
+    expect_code(&o, 0, &format!("`{} {args:?}`", program.to_string_lossy()));
     o
 }
 

@@ -1,16 +1,16 @@
 //! ext4 images judged by the real tools (e2fsck, debugfs, a loop mount),
 //! and `mosaic volume export`, which writes them.
 
-use super::mosaic_ok;
+use super::mosaic;
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::path::{Path, PathBuf};
-use testkit::{code, text, tool, tool_ok};
+use std::process::Output;
+use testkit::{code, expect_code, text, tool, tool_ok};
 
-/// `mosaic volume export MANIFEST -o OUT [--with-overlay]`, which must
-/// succeed (the server of the overlay stopped).
+/// `mosaic volume export MANIFEST -o OUT EXTRA...`, whatever its exit.
 #[track_caller]
-pub fn export_image(manifest: &Path, out: &Path, with_overlay: bool) {
+pub fn export_image_with(manifest: &Path, out: &Path, extra: &[&str]) -> Output {
     let mut a: Vec<OsString> = vec![
         "volume".into(),
         "export".into(),
@@ -18,10 +18,21 @@ pub fn export_image(manifest: &Path, out: &Path, with_overlay: bool) {
         "-o".into(),
         out.into(),
     ];
-    if with_overlay {
-        a.push("--with-overlay".into());
-    }
-    mosaic_ok(&a);
+    a.extend(extra.iter().map(OsString::from));
+    mosaic(&a)
+}
+
+/// `mosaic volume export MANIFEST -o OUT [--with-overlay]`, which must
+/// succeed (the server of the overlay stopped).
+#[track_caller]
+pub fn export_image(manifest: &Path, out: &Path, with_overlay: bool) {
+    let extra: &[&str] = if with_overlay {
+        &["--with-overlay"]
+    } else {
+        &[]
+    };
+    let o = export_image_with(manifest, out, extra);
+    expect_code(&o, 0, &format!("volume export {}", manifest.display()));
 }
 
 /// `e2fsck -fn IMG` exits 0 and prints nothing but its banner, the pass

@@ -195,10 +195,10 @@ pub fn qemu_io_ok(uri: &str, cmds: &[String]) -> String {
     all
 }
 
-/// `qemu-img compare -f raw -F raw IMAGE URI`: identical.
+/// `qemu-img compare -f raw -F raw IMAGE URI`, whatever it finds.
 #[track_caller]
-pub fn assert_same_image(image: &Path, uri: &str) {
-    let o = tool(
+pub fn qemu_img_compare(image: &Path, uri: &str) -> std::process::Output {
+    tool(
         "qemu-img",
         [
             "compare".as_ref(),
@@ -209,7 +209,13 @@ pub fn assert_same_image(image: &Path, uri: &str) {
             image.as_os_str(),
             uri.as_ref(),
         ],
-    );
+    )
+}
+
+/// `qemu-img compare -f raw -F raw IMAGE URI`: identical.
+#[track_caller]
+pub fn assert_same_image(image: &Path, uri: &str) {
+    let o = qemu_img_compare(image, uri);
     assert!(
         o.status.code() == Some(0) && stdout(&o).contains("Images are identical"),
         "qemu-img compare {} {uri}: not identical ({}):\n{}",

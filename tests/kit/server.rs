@@ -6,10 +6,9 @@
 use super::mosaic_cmd;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
-use testkit::{signal, spawn, try_signal, uri, wait_within, Lines, NoLine};
+use testkit::{uri, NoLine, Running};
 
 /// How long a server may take to print `listening on`.
 pub const START_DEADLINE: Duration = Duration::from_secs(60);
@@ -19,9 +18,7 @@ pub const STOP_DEADLINE: Duration = Duration::from_secs(30);
 pub const LOG_DEADLINE: Duration = Duration::from_secs(10);
 
 pub struct Server {
-    child: Option<Child>,
-    stderr: Mutex<Lines>,
-    stdout: Mutex<Lines>,
+    process: Running,
     /// Where it listens, as printed (`unix:/path`, `tcp:127.0.0.1:N`).
     pub addresses: Vec<String>,
 }
@@ -69,31 +66,24 @@ impl Server {
     /// starting with `listening on`; a process that exits first is `Err`.
     #[track_caller]
     pub fn spawn(mut cmd: Command, listeners: usize) -> Result<Server, StartFailure> {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = spawn(&mut cmd);
-        let stderr = Lines::read(child.stderr.take().expect("piped stderr"));
-        let stdout = Lines::read(child.stdout.take().expect("piped stdout"));
+        let process = Running::start(&mut cmd, false).on_drop("TERM", Duration::from_secs(20));
         let mut server = Server {
-            child: Some(child),
-            stderr: Mutex::new(stderr),
-            stdout: Mutex::new(stdout),
+            process,
             addresses: Vec::new(),
         };
         let deadline = Instant::now() + START_DEADLINE;
         let mut from = 0;
         while server.addresses.len() < listeners {
-            let found = server.stderr.get_mut().expect("stderr lines").wait_line(
-                from,
-                |l| l.starts_with("listening on "),
-                deadline,
-            );
+            let found =
+                server
+                    .process
+                    .stderr
+                    .wait_line(from, |l| l.starts_with("listening on "), deadline);
             match found {
-                Ok(i) => {
-                    let lines = server.stderr.get_mut().expect("stderr lines").lines();
-                    let address = &lines[i]["listening on ".len()..];
-                    server.addresses.push(address.to_owned());
+                Ok((i, line)) => {
+                    server
+                        .addresses
+                        .push(line["listening on ".len()..].to_owned());
                     from = i + 1;
                 }
                 Err(NoLine::Ended) => {
@@ -118,25 +108,19 @@ impl Server {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("server still running").id()
+        self.process.pid()
     }
 
     /// stderr so far.
     pub fn log(&self) -> String {
-        self.stderr.lock().expect("stderr lines").text()
+        self.process.stderr.text()
     }
 
     /// Waits (up to [`LOG_DEADLINE`]) until a line of stderr contains
     /// `needle`; returns whether one did.
     pub fn wait_log(&self, needle: &str) -> bool {
         let deadline = Instant::now() + LOG_DEADLINE;
-        let mut lines = self.stderr.lock().expect("stderr lines");
-        lines.wait_for(needle, deadline).is_ok()
-    }
-
-    /// The lines of stdout so far.
-    pub fn stdout_lines(&self) -> Vec<String> {
-        self.stdout.lock().expect("stdout lines").lines().to_vec()
+        self.process.stderr.wait_for(needle, deadline).is_ok()
     }
 
     /// Waits (up to [`START_DEADLINE`]) for a line of stdout containing
@@ -145,13 +129,15 @@ impl Server {
     #[track_caller]
     pub fn wait_stdout(&self, marker: &str) -> Vec<String> {
         let deadline = Instant::now() + START_DEADLINE;
-        let mut lines = self.stdout.lock().expect("stdout lines");
-        match lines.wait_line(0, |l| l.contains(marker), deadline) {
-            Ok(i) => lines.lines()[..=i].to_vec(),
+        match self
+            .process
+            .stdout
+            .wait_line(0, |l| l.contains(marker), deadline)
+        {
+            Ok((i, _)) => self.process.stdout.lines()[..=i].to_vec(),
             Err(why) => panic!(
-                "no line with {marker:?} on stdout ({why}); stdout:\n{}\nstderr:\n{}",
-                lines.text(),
-                self.log()
+                "no line with {marker:?} on stdout ({why}):\n{}",
+                self.process.transcript()
             ),
         }
     }
@@ -174,28 +160,14 @@ impl Server {
 
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
-        matches!(
-            self.child.as_mut().expect("server not stopped").try_wait(),
-            Ok(None)
-        )
+        self.process.alive()
     }
 
     /// Waits for the process ([`STOP_DEADLINE`], then SIGKILL and a failed
     /// test) and for the ends of its output.
     #[track_caller]
     fn wait_exit(&mut self) -> ExitStatus {
-        let child = self.child.take().expect("server still running");
-        let status = wait_within(child, STOP_DEADLINE);
-        let deadline = Instant::now() + LOG_DEADLINE;
-        self.stderr
-            .get_mut()
-            .expect("stderr lines")
-            .wait_closed(deadline);
-        self.stdout
-            .get_mut()
-            .expect("stdout lines")
-            .wait_closed(deadline);
-        status.unwrap_or_else(|s| {
+        self.process.wait(STOP_DEADLINE).unwrap_or_else(|s| {
             panic!(
                 "the server did not exit within {STOP_DEADLINE:?} (killed, {s}); stderr:\n{}",
                 self.log()
@@ -207,7 +179,7 @@ impl Server {
     /// returns the exit status and the whole stderr.
     #[track_caller]
     pub fn stop_with(mut self, sig: &str) -> (ExitStatus, String) {
-        signal(self.pid(), sig);
+        self.process.signal(sig);
         let status = self.wait_exit();
         (status, self.log())
     }
@@ -227,19 +199,8 @@ impl Server {
     /// SIGKILL and wait; returns stderr.
     #[track_caller]
     pub fn kill9(mut self) -> String {
-        signal(self.pid(), "KILL");
+        self.process.signal("KILL");
         self.wait_exit();
         self.log()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.take() {
-            // Cleanup, possibly while a test is failing: the process may
-            // have exited already, so a failed signal is fine here.
-            let _ = try_signal(child.id(), "TERM");
-            let _ = wait_within(child, Duration::from_secs(20));
-        }
     }
 }

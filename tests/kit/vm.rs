@@ -11,10 +11,10 @@ use std::ffi::OsStr;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use testkit::{output_within, require_tools, spawn, text, try_signal, wait_within, Lines};
+use testkit::{expect_code, output_within, require_tools, Running};
 
 /// How long one guest may take from qemu's start to powering off (TCG; two
 /// guests share two cores in one test).
@@ -85,13 +85,7 @@ pub fn vm_fixture() -> &'static VmFixture {
         c.arg(&out).env("MOSAIC", mosaic_bin());
         let started = Instant::now();
         let o = output_within(c, BUILD_DEADLINE);
-        assert!(
-            o.status.success(),
-            "vm-images/build.sh {} failed ({}):\n{}",
-            out.display(),
-            o.status,
-            text(&o)
-        );
+        expect_code(&o, 0, &format!("vm-images/build.sh {}", out.display()));
         eprintln!(
             "vm-images/build.sh: {:.1} s\n{}",
             started.elapsed().as_secs_f64(),
@@ -146,10 +140,8 @@ pub fn open_fragments(pid: u32) -> Vec<(PathBuf, usize)> {
 
 pub struct Vm {
     pub name: String,
-    child: Option<Child>,
-    stdin: Option<ChildStdin>,
-    console: Lines,
-    stderr: Lines,
+    /// qemu: its stdout is the guest's serial console.
+    qemu: Running,
     started: Instant,
     deadline: Instant,
 }
@@ -168,33 +160,23 @@ impl Vm {
             .arg(export)
             .arg("--steps")
             .arg(steps)
-            .arg("--batch")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .arg("--batch");
         let started = Instant::now();
-        let mut child = spawn(&mut c);
-        let stdin = child.stdin.take();
-        let console = Lines::read(child.stdout.take().expect("piped stdout"));
-        let stderr = Lines::read(child.stderr.take().expect("piped stderr"));
         Vm {
             name: name.to_owned(),
-            child: Some(child),
-            stdin,
-            console,
-            stderr,
+            qemu: Running::start(&mut c, true),
             started,
             deadline: started + BOOT_DEADLINE,
         }
     }
 
     /// The console so far and qemu's stderr, for failure messages.
-    pub fn transcript(&mut self) -> String {
+    pub fn transcript(&self) -> String {
         format!(
             "--- {} console\n{}\n--- qemu stderr\n{}",
             self.name,
-            self.console.text(),
-            self.stderr.text()
+            self.qemu.stdout.text(),
+            self.qemu.stderr.text()
         )
     }
 
@@ -202,31 +184,25 @@ impl Vm {
     /// deadline).
     #[track_caller]
     pub fn wait_for(&mut self, marker: &str) -> String {
-        match self.console.wait_for(marker, self.deadline) {
+        match self.qemu.stdout.wait_for(marker, self.deadline) {
             Ok(l) => l,
-            Err(why) => {
-                let t = self.transcript();
-                panic!(
-                    "guest {}: no console line with {marker:?} ({why}, {:.1} s after start):\n{t}",
-                    self.name,
-                    self.started.elapsed().as_secs_f64()
-                )
-            }
+            Err(why) => panic!(
+                "guest {}: no console line with {marker:?} ({why}, {:.1} s after start):\n{}",
+                self.name,
+                self.started.elapsed().as_secs_f64(),
+                self.transcript()
+            ),
         }
     }
 
     /// The first console line containing `marker`, if any yet (no waiting).
     pub fn seen(&mut self, marker: &str) -> Option<String> {
-        self.console
-            .lines()
-            .iter()
-            .find(|l| l.contains(marker))
-            .cloned()
+        self.console().into_iter().find(|l| l.contains(marker))
     }
 
     /// Every console line so far.
     pub fn console(&mut self) -> Vec<String> {
-        self.console.lines().to_vec()
+        self.qemu.stdout.lines()
     }
 
     /// Time since qemu was started.
@@ -236,7 +212,7 @@ impl Vm {
 
     /// Writes a line to the guest's console (releases a `hold` step).
     pub fn send_line(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("the console input is open");
+        let stdin = self.qemu.stdin.as_mut().expect("the console input is open");
         writeln!(stdin, "{line}").expect("write to the guest's console");
         stdin.flush().expect("write to the guest's console");
     }
@@ -245,41 +221,28 @@ impl Vm {
     /// it must exit 0. Returns the whole console.
     #[track_caller]
     pub fn wait_exit(&mut self) -> Vec<String> {
-        if !self.console.wait_closed(self.deadline) {
-            let t = self.transcript();
-            panic!("guest {}: did not power off in time:\n{t}", self.name);
+        if !self.qemu.stdout.wait_closed(self.deadline) {
+            panic!(
+                "guest {}: did not power off in time:\n{}",
+                self.name,
+                self.transcript()
+            );
         }
-        let child = self.child.take().expect("qemu still running");
         let left = self.deadline.saturating_duration_since(Instant::now());
-        let status = wait_within(child, left.max(Duration::from_secs(10)));
-        self.stderr
-            .wait_closed(Instant::now() + Duration::from_secs(10));
-        match status {
+        match self.qemu.wait(left.max(Duration::from_secs(10))) {
             Ok(s) if s.success() => {}
-            Ok(s) => {
-                let t = self.transcript();
-                panic!("guest {}: qemu exited with {s}:\n{t}", self.name);
-            }
-            Err(s) => {
-                let t = self.transcript();
-                panic!(
-                    "guest {}: qemu did not exit in time (killed, {s}):\n{t}",
-                    self.name
-                );
-            }
+            Ok(s) => panic!(
+                "guest {}: qemu exited with {s}:\n{}",
+                self.name,
+                self.transcript()
+            ),
+            Err(s) => panic!(
+                "guest {}: qemu did not exit in time (killed, {s}):\n{}",
+                self.name,
+                self.transcript()
+            ),
         }
         self.console()
-    }
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        if let Some(c) = self.child.take() {
-            // Cleanup, possibly while a test is failing: qemu may have
-            // exited already, so a failed signal is fine here.
-            let _ = try_signal(c.id(), "KILL");
-            let _ = wait_within(c, Duration::from_secs(10));
-        }
     }
 }
 
