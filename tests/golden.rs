@@ -297,14 +297,14 @@ fn tiny_dump_offsets_follow_the_layout() {
     assert_eq!(m.lookup(b"/sub/again"), m.lookup(b"/small.txt"));
     let ino = m.lookup(b"/small.txt").unwrap();
     assert_eq!(m.nlink[ino as usize], 2);
-    assert_eq!(m.inode(ino).mtime.nsec, T_SMALL.1 as u32);
+    assert_eq!(m.inode(ino).mtime.nsec, T_SMALL.1);
     let link = m.lookup(b"/link").unwrap();
     assert_eq!(m.inode(link).mtime.sec, T_LINK.0);
-    assert_eq!(m.inode(link).mtime.nsec, T_LINK.1 as u32);
+    assert_eq!(m.inode(link).mtime.nsec, T_LINK.1);
     let sub = m.lookup(b"/sub").unwrap();
     assert_eq!(
         (m.inode(sub).mtime.sec, m.inode(sub).mtime.nsec),
-        (T_SUB.0, T_SUB.1 as u32)
+        (T_SUB.0, T_SUB.1)
     );
     assert!(m.inode(sub).owns_security);
 }

@@ -138,3 +138,52 @@ pub fn assert_bytes_eq(got: &[u8], want: &[u8], what: &str) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The generators' first bytes, pinned: tests and what they pin depend
+    /// on them (values from the formulas, computed apart from this code).
+    #[test]
+    fn generators_make_their_pinned_bytes() {
+        assert_eq!(
+            noise(1, 12),
+            [0x0b, 0x02, 0xe5, 0x36, 0xa1, 0x4e, 0xd6, 0x1a, 0xb0, 0x49, 0xb8, 0x56]
+        );
+        assert_eq!(
+            nonzero_noise(1, 12),
+            [0x0b, 0x03, 0xe5, 0x37, 0xa1, 0x4f, 0xd7, 0x1b, 0xb1, 0x49, 0xb9, 0x57]
+        );
+        assert_eq!(
+            random_bytes(1, 12),
+            [0xb5, 0x1f, 0xe5, 0x78, 0x28, 0x9f, 0xa5, 0x1e, 0xf5, 0x64, 0xa1, 0x1f]
+        );
+        let n = noise(7, 1 << 16);
+        let nz = nonzero_noise(7, 1 << 16);
+        assert!(n.iter().zip(&nz).all(|(a, b)| a | 1 == *b));
+        assert!(n.contains(&0) && !nz.contains(&0));
+    }
+
+    #[test]
+    fn text_generators_have_the_asked_length() {
+        for len in [0, 1, 51, 52, 53, 4097] {
+            assert_eq!(line_text(3, len).len(), len);
+            assert_eq!(word_text(3, len).len(), len);
+        }
+        assert!(line_text(3, 60).starts_with(b"line 000000 of file 3: the quick brown fox jumps\n"));
+    }
+
+    #[test]
+    fn find_and_first_difference() {
+        let hay = b"abcabd";
+        assert_eq!(find(hay, b"abd"), Some(3));
+        assert_eq!(find(hay, b"abe"), None);
+        assert_eq!(first_difference(b"abc", b"abd"), Some(2));
+        assert_eq!(first_difference(b"ab", b"abc"), Some(2));
+        assert_eq!(first_difference(b"abc", b"abc"), None);
+        let mut image = vec![0u8; 3 * 4096];
+        image[4096..8192].copy_from_slice(&nonzero_noise(1, 4096));
+        assert_eq!(find_block(&image, &nonzero_noise(1, 4096)), Some(4096));
+    }
+}

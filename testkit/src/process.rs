@@ -333,3 +333,51 @@ impl Drop for Running {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_is_delivered_and_a_missing_process_is_an_error() {
+        let mut r = Running::start(Command::new("sleep").arg("30"), false);
+        assert!(r.alive());
+        r.signal("TERM");
+        let status = r.wait(Duration::from_secs(10)).expect("exits on SIGTERM");
+        assert!(!status.success());
+        // No process has a pid above the kernel's pid_max (at most 2^22).
+        assert!(try_signal(NO_PID, "TERM").is_err());
+    }
+
+    /// A pid no process can have, so no test signals a stranger.
+    const NO_PID: u32 = 1 << 30;
+
+    #[test]
+    #[should_panic(expected = "kill -TERM")]
+    fn signal_asserts_delivery() {
+        signal(NO_PID, "TERM");
+    }
+
+    #[test]
+    fn lines_are_read_in_order_and_waited_for() {
+        let r = Running::start(
+            Command::new("sh").args(["-c", "echo one; echo two; echo 'three\r'"]),
+            false,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        assert_eq!(r.stdout.wait_for("two", deadline).as_deref(), Ok("two"));
+        assert_eq!(r.stdout.next_line(deadline).as_deref(), Ok("one"));
+        assert_eq!(r.stdout.next_line(deadline).as_deref(), Ok("two"));
+        assert_eq!(r.stdout.next_line(deadline).as_deref(), Ok("three"));
+        assert_eq!(r.stdout.next_line(deadline), Err(NoLine::Ended));
+        assert_eq!(r.stdout.text(), "one\ntwo\nthree");
+    }
+
+    #[test]
+    fn a_wait_past_its_limit_kills() {
+        let child = Command::new("sleep").arg("30").spawn().expect("run sleep");
+        let started = Instant::now();
+        assert!(wait_within(child, Duration::from_millis(100)).is_err());
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+}

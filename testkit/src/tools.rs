@@ -267,3 +267,33 @@ where
     require_python_nbd();
     output_within(python_cmd(script, args), TOOL_DEADLINE)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[should_panic(expected = "apt-get install qemu-utils")]
+    fn a_missing_tool_names_its_package() {
+        let mut c = Command::new("qemu-img");
+        c.env("PATH", "/nonexistent");
+        output_within(c, TOOL_DEADLINE);
+    }
+
+    #[test]
+    #[should_panic(expected = "did not finish within")]
+    fn a_tool_past_its_deadline_fails_the_test() {
+        let mut c = Command::new("sleep");
+        c.arg("30");
+        output_within(c, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn tools_run_in_the_c_locale_and_utc() {
+        let env = tool_ok("env", std::iter::empty::<&str>());
+        assert!(env.lines().any(|l| l == "LC_ALL=C"), "{env}");
+        assert!(env.lines().any(|l| l == "TZ=UTC"), "{env}");
+        assert_eq!(package_of("/usr/bin/e2fsck"), Some("e2fsprogs"));
+        assert_eq!(package_of("no-such-tool"), None);
+    }
+}
