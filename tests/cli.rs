@@ -2,10 +2,9 @@
 //! 2 usage or environment error), `inspect --json`, `ls` columns, `cat`,
 //! build options, `demo`, and `SOURCE_DATE_EPOCH`.
 
-#[macro_use]
-mod harness;
+mod kit;
 
-use harness::*;
+use kit::*;
 use serde_json::Value;
 use std::fs;
 use std::os::unix::fs::symlink;
@@ -33,12 +32,12 @@ fn make_tree(root: &Path) {
     make_dir(&root.join("bin"), 0o755);
     make_dir(&root.join("data"), 0o750);
     make_dir(&root.join("etc"), 0o755);
-    write_file(&root.join("bin/tool"), &noise(1, 6000), 0o755);
-    write_file(&root.join("data/big"), &noise(2, 3 * 4096), 0o640);
+    write_file(&root.join("bin/tool"), &nonzero_noise(1, 6000), 0o755);
+    write_file(&root.join("data/big"), &nonzero_noise(2, 3 * 4096), 0o640);
     fs::hard_link(root.join("data/big"), root.join("data/hard")).unwrap();
     write_file(&root.join("etc/conf"), b"x=1\n", 0o644);
     xattr::set(root.join("etc/conf"), "user.k", b"v").unwrap();
-    write_file(&root.join("etc/mid"), &noise(3, 3000), 0o644);
+    write_file(&root.join("etc/mid"), &nonzero_noise(3, 3000), 0o644);
     symlink("conf", root.join("etc/link")).unwrap();
     for p in [
         "bin/tool", "data/big", "etc/conf", "etc/mid", "etc/link", "bin", "data", "etc",
@@ -266,9 +265,9 @@ fn cat_prints_files_and_refuses_directories_and_missing_paths() {
     let frag = s.build_ok("t.frag", &[]);
     for (p, want) in [
         ("/etc/conf", b"x=1\n".to_vec()),
-        ("/bin/tool", noise(1, 6000)),
-        ("/data/hard", noise(2, 3 * 4096)),
-        ("etc/mid", noise(3, 3000)),
+        ("/bin/tool", nonzero_noise(1, 6000)),
+        ("/data/hard", nonzero_noise(2, 3 * 4096)),
+        ("etc/mid", nonzero_noise(3, 3000)),
     ] {
         let o = mosaic(args!["fragment", "cat", frag, p]);
         expect_code(&o, 0, &format!("cat {p}"));
@@ -324,7 +323,7 @@ fn build_options_produce_verifiable_fragments() {
         );
         for (p, want) in [
             ("/etc/conf", b"x=1\n".to_vec()),
-            ("/etc/mid", noise(3, 3000)),
+            ("/etc/mid", nonzero_noise(3, 3000)),
         ] {
             let o = mosaic(args!["fragment", "cat", frag, p]);
             expect_code(&o, 0, "cat");

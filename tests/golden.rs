@@ -7,20 +7,21 @@
 //! To regenerate after an intended format change (a FORMAT BREAK):
 //! `MOSAIC_BLESS=1 cargo test --test golden`, then review the diff.
 
-mod harness;
+mod kit;
 
 use fragments::{BuildOptions, Fragment, Trust};
-use harness::*;
+use kit::golden::{blake3_hex, compare_or_bless};
+use kit::*;
 use std::fs;
 use std::os::unix::fs::{lchown, symlink};
 use std::path::{Path, PathBuf};
 
 /// Fixed times: seconds and nanoseconds.
-const T_FILE: (i64, i64) = (1_000_000_000, 123_456_789);
-const T_SMALL: (i64, i64) = (1_100_000_000, 1);
-const T_LINK: (i64, i64) = (1_200_000_000, 999_999_999);
-const T_SUB: (i64, i64) = (1_300_000_000, 500_000_000);
-const T_ROOT: (i64, i64) = (1_400_000_000, 42);
+const T_FILE: (i64, u32) = (1_000_000_000, 123_456_789);
+const T_SMALL: (i64, u32) = (1_100_000_000, 1);
+const T_LINK: (i64, u32) = (1_200_000_000, 999_999_999);
+const T_SUB: (i64, u32) = (1_300_000_000, 500_000_000);
+const T_ROOT: (i64, u32) = (1_400_000_000, 42);
 
 /// Contents of the 3-block file: data, a zero block (a hole), data (partial).
 fn holey() -> Vec<u8> {
@@ -103,70 +104,21 @@ fn build() -> Golden {
     Golden { _dir: dir, frag }
 }
 
-fn golden_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
-}
-
-fn bless() -> bool {
-    std::env::var("MOSAIC_BLESS").is_ok_and(|v| v == "1")
-}
-
-/// blake3 of a whole fragment (its length is a multiple of 4096 and at
-/// least two blocks, so the root of its block chaining values is exactly
-/// `blake3(bytes)`, as `fragments::hash` documents and tests).
-fn blake3_hex(bytes: &[u8]) -> String {
-    assert!(bytes.len().is_multiple_of(4096) && bytes.len() >= 8192);
-    let cvs = fragments::hash::cvs_of(bytes);
-    fragments::hash::root_from_cvs(&cvs)
-        .expect("two or more blocks")
-        .to_hex()
-        .to_string()
-}
-
-fn compare_or_bless(name: &str, got: &str) {
-    let path = golden_dir().join(name);
-    if bless() {
-        fs::create_dir_all(golden_dir()).unwrap();
-        fs::write(&path, got).unwrap();
-        eprintln!("blessed {}", path.display());
-        return;
-    }
-    let want = fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; generate it with MOSAIC_BLESS=1 cargo test --test golden",
-            path.display()
-        )
-    });
-    if want != got {
-        let mut diff = String::new();
-        let (w, g): (Vec<&str>, Vec<&str>) = (want.lines().collect(), got.lines().collect());
-        for i in 0..w.len().max(g.len()) {
-            let (a, b) = (w.get(i).copied(), g.get(i).copied());
-            if a != b {
-                diff.push_str(&format!(
-                    "line {}:\n  want {}\n  got  {}\n",
-                    i + 1,
-                    a.unwrap_or("<none>"),
-                    b.unwrap_or("<none>")
-                ));
-            }
-        }
-        panic!(
-            "{} differs from the fragment built now (a format change? if intended, \
-             re-bless with MOSAIC_BLESS=1 and review):\n{diff}",
-            path.display()
-        );
-    }
-}
+/// What a difference from the golden files means.
+const GOLDEN_WHAT: &str = "the fragment format (a FORMAT BREAK)";
 
 #[test]
 fn tiny_fragment_matches_golden_dump_and_hash() {
     let g = build();
     let f = Fragment::open(&g.frag, Trust::Keys(&[key(1).verifying_key()])).unwrap();
     assert!(f.verify_all(&|_| {}).unwrap().is_empty());
-    compare_or_bless("tiny.dump", &fragments::dump::dump(&f));
+    compare_or_bless("tiny.dump", &fragments::dump::dump(&f), GOLDEN_WHAT);
     let bytes = fs::read(&g.frag).unwrap();
-    compare_or_bless("tiny.blake3", &format!("{}\n", blake3_hex(&bytes)));
+    compare_or_bless(
+        "tiny.blake3",
+        &format!("{}\n", blake3_hex(&bytes)),
+        GOLDEN_WHAT,
+    );
 }
 
 #[test]
@@ -292,7 +244,7 @@ fn tiny_fragment_header_bytes_at_documented_offsets() {
     assert_eq!(b[root + 1], 0, "the root directory is not owned by default");
     assert_eq!(u16_at(&b, root + 2), 0o755);
     assert_eq!((u32_at(&b, root + 4), u32_at(&b, root + 8)), (0, 0));
-    assert_eq!(u32_at(&b, root + 12) as i64, T_ROOT.1, "root mtime ns");
+    assert_eq!(u32_at(&b, root + 12), T_ROOT.1, "root mtime ns");
     assert_eq!(u64_at(&b, root + 16) as i64, T_ROOT.0, "root mtime s");
     assert_eq!(
         (u32_at(&b, root + 32), u32_at(&b, root + 36)),
@@ -303,7 +255,7 @@ fn tiny_fragment_header_bytes_at_documented_offsets() {
     let i1 = root + 64;
     assert_eq!(b[i1], 1, "inode 1 is a regular file");
     assert_eq!(u16_at(&b, i1 + 2), 0o644);
-    assert_eq!(u32_at(&b, i1 + 12) as i64, T_FILE.1);
+    assert_eq!(u32_at(&b, i1 + 12), T_FILE.1);
     assert_eq!(u64_at(&b, i1 + 32), 0, "size 0");
     assert_eq!(u32_at(&b, i1 + 44), 0, "no extents");
 }
@@ -345,14 +297,14 @@ fn tiny_dump_offsets_follow_the_layout() {
     assert_eq!(m.lookup(b"/sub/again"), m.lookup(b"/small.txt"));
     let ino = m.lookup(b"/small.txt").unwrap();
     assert_eq!(m.nlink[ino as usize], 2);
-    assert_eq!(m.inode(ino).mtime.nsec, T_SMALL.1 as u32);
+    assert_eq!(m.inode(ino).mtime.nsec, T_SMALL.1);
     let link = m.lookup(b"/link").unwrap();
     assert_eq!(m.inode(link).mtime.sec, T_LINK.0);
-    assert_eq!(m.inode(link).mtime.nsec, T_LINK.1 as u32);
+    assert_eq!(m.inode(link).mtime.nsec, T_LINK.1);
     let sub = m.lookup(b"/sub").unwrap();
     assert_eq!(
         (m.inode(sub).mtime.sec, m.inode(sub).mtime.nsec),
-        (T_SUB.0, T_SUB.1 as u32)
+        (T_SUB.0, T_SUB.1)
     );
     assert!(m.inode(sub).owns_security);
 }

@@ -5,10 +5,10 @@
 //! whose signer was swapped for another valid key.
 
 #[macro_use]
-mod harness;
+mod kit;
 
 use fragments::{Error, Fragment, Trust};
-use harness::*;
+use kit::*;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -17,7 +17,11 @@ use std::path::{Path, PathBuf};
 fn tree(dir: &Path) -> PathBuf {
     let src = dir.join("src");
     write_file(&src.join("etc/motd"), b"hello\n", 0o644);
-    write_file(&src.join("usr/lib/blob"), &noise(3, 3 * 4096 + 5), 0o755);
+    write_file(
+        &src.join("usr/lib/blob"),
+        &nonzero_noise(3, 3 * 4096 + 5),
+        0o755,
+    );
     src
 }
 
@@ -55,7 +59,7 @@ fn openssl_generated_key_signs_and_its_pubout_verifies() {
     assert!(stdout(&o).contains("OK"), "{}", stdout(&o));
 
     // The signer recorded in the header is the key OpenSSL derived.
-    let der = tool_ok(
+    let der = tool_ok_bytes(
         "openssl",
         args!["pkey", "-pubin", "-in", public, "-outform", "DER"],
     );
@@ -83,19 +87,15 @@ fn keygen_output_is_read_by_openssl() {
     // OpenSSL derives exactly our public key file.
     let derived = tool_ok("openssl", args!["pkey", "-in", key, "-pubout"]);
     assert_eq!(
-        String::from_utf8(derived).unwrap(),
+        derived,
         fs::read_to_string(&pubp).unwrap(),
         "openssl pkey -pubout differs from lab.key.pub"
     );
     // OpenSSL 3.0 parses the secret key (PKCS#8 v1).
     let text = tool_ok("openssl", args!["pkey", "-in", key, "-text", "-noout"]);
-    assert!(
-        String::from_utf8_lossy(&text).contains("ED25519 Private-Key"),
-        "{}",
-        String::from_utf8_lossy(&text)
-    );
+    assert!(text.contains("ED25519 Private-Key"), "{text}");
     // Version 0 (v1), the form OpenSSL 3.0 accepts; no [1] public key field.
-    let asn1 = String::from_utf8(tool_ok("openssl", args!["asn1parse", "-in", key])).unwrap();
+    let asn1 = tool_ok("openssl", args!["asn1parse", "-in", key]);
     let lines: Vec<&str> = asn1.lines().collect();
     assert!(
         lines.len() >= 2 && lines[1].contains("INTEGER           :00"),
@@ -151,7 +151,7 @@ fn keygen_refuses_to_overwrite_without_force() {
         fs::metadata(&key).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    let derived = tool_ok("openssl", args!["pkey", "-in", key, "-pubout"]);
+    let derived = tool_ok_bytes("openssl", args!["pkey", "-in", key, "-pubout"]);
     assert_eq!(derived, p1, "the replaced pair does not match");
     // No temporary files left behind.
     let names: Vec<String> = fs::read_dir(d.path())

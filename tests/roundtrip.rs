@@ -16,10 +16,10 @@
 //! Needs root (owners, devices, `trusted.*` and `security.*` xattrs) and a
 //! filesystem with xattrs, ACLs and nanosecond timestamps (ext4 /tmp).
 
-mod common;
+mod kit;
 
-use common::*;
 use fragments::{Fragment, Kind};
+use kit::*;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -623,7 +623,6 @@ proptest! {
 /// rewinds the data region), an all-hole file and a file ending mid-block.
 #[test]
 fn big_sparse_files_round_trip() {
-    const MIB: u64 = 1 << 20;
     let t = tempdir();
     let src = t.path().join("src");
     fs::create_dir(&src).unwrap();
@@ -674,7 +673,6 @@ fn big_sparse_files_round_trip() {
 /// across batch boundaries are stored once, and everything reads back.
 #[test]
 fn files_across_read_batches() {
-    const MIB: u64 = 1 << 20;
     let t = tempdir();
     let src = t.path().join("src");
     fs::create_dir_all(src.join("many")).unwrap();
@@ -926,12 +924,15 @@ fn real_tree_through_the_cli() {
         OsStr::new("--trust"),
         pub_path.as_os_str(),
     ]);
-    let diff = std::process::Command::new("diff")
-        .args(["-r", "--no-dereference"])
-        .arg(&src)
-        .arg(&dst)
-        .output()
-        .expect("run diff");
+    let diff = tool(
+        "diff",
+        [
+            OsStr::new("-r"),
+            OsStr::new("--no-dereference"),
+            src.as_os_str(),
+            dst.as_os_str(),
+        ],
+    );
     assert!(
         diff.status.success(),
         "diff -r --no-dereference: {}\n{}",
@@ -1388,11 +1389,9 @@ fn failed_builds_remove_their_temporary_file() {
     lchown(&s.outdir, NOBODY, NOBODY);
     lchown(&s.key, NOBODY, NOBODY);
 
-    let o = mosaic_cmd(build_args(&s.src, &out, &s.key))
-        .uid(NOBODY)
-        .gid(NOBODY)
-        .output()
-        .unwrap();
+    let mut as_nobody = mosaic_cmd(build_args(&s.src, &out, &s.key));
+    as_nobody.uid(NOBODY).gid(NOBODY);
+    let o = output_within(as_nobody, MOSAIC_DEADLINE);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(code(&o), 2, "unreadable source file: {err}");
     assert!(err.contains("etc/shadow"), "error names the file: {err}");
@@ -1401,11 +1400,9 @@ fn failed_builds_remove_their_temporary_file() {
 
     // Sanity: the same user can build once the file is readable.
     chmod(&secret, 0o644);
-    let o = mosaic_cmd(build_args(&s.src, &out, &s.key))
-        .uid(NOBODY)
-        .gid(NOBODY)
-        .output()
-        .unwrap();
+    let mut as_nobody = mosaic_cmd(build_args(&s.src, &out, &s.key));
+    as_nobody.uid(NOBODY).gid(NOBODY);
+    let o = output_within(as_nobody, MOSAIC_DEADLINE);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(fs::read(&out).unwrap() != good);
     assert_eq!(list_dir(&s.outdir), before);

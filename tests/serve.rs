@@ -8,10 +8,13 @@
 //! A missing tool fails the test naming its Debian package. Every test has
 //! its own directory and socket; no fixed TCP port is used.
 
-mod serve_support;
+mod kit;
 
+use kit::image::export_image;
+use kit::serve::*;
+use kit::server::*;
+use kit::*;
 use serde_json::Value;
-use serve_support::*;
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::FileTypeExt;
@@ -41,18 +44,7 @@ fn served_volume_equals_exported_image() {
     // Over TCP too.
     assert_same_image(&fx.image, &format!("nbd://{listen}/root"));
     // An unknown export name is refused, so the comparisons mean something.
-    let o = tool(
-        "qemu-img",
-        [
-            "compare".as_ref(),
-            "-f".as_ref(),
-            "raw".as_ref(),
-            "-F".as_ref(),
-            "raw".as_ref(),
-            fx.image.as_os_str(),
-            uri(&sock, "nosuch").as_ref(),
-        ],
-    );
+    let o = qemu_img_compare(&fx.image, &uri(&sock, "nosuch"));
     assert!(
         !o.status.success(),
         "qemu-img compare against export `nosuch` succeeded:\n{}",
@@ -200,11 +192,11 @@ fn overlay_writes_persist_are_locked_and_reset() {
 
     // export --with-overlay: the base image changed exactly where written.
     let with = fx.path("with.raw");
-    export(&fx.manifest, &with, true);
+    export_image(&fx.manifest, &with, true);
     assert_bytes_eq(&fs::read(&with).unwrap(), &want, "export --with-overlay");
     // Without --with-overlay: still the base.
     let plain = fx.path("plain.raw");
-    export(&fx.manifest, &plain, false);
+    export_image(&fx.manifest, &plain, false);
     assert_bytes_eq(&fs::read(&plain).unwrap(), &base, "export without overlay");
 
     // Reset: the base bytes again.
@@ -230,7 +222,7 @@ fn nbdinfo_lists_maps_and_nbdcopy_copies() {
     let ro = fx.path("ro.toml");
     write_manifest(&ro, "ro", "40MiB", None);
     let ro_image = fx.path("ro.raw");
-    export(&ro, &ro_image, false);
+    export_image(&ro, &ro_image, false);
     let root_size = fs::metadata(&fx.image).unwrap().len();
     let ro_size = fs::metadata(&ro_image).unwrap().len();
     assert_ne!(root_size, ro_size);
@@ -315,9 +307,9 @@ fn nbd_crate_client_reads_and_writes() {
         );
     }
     let marker = find_block(&image, &marker_bytes()[..4096]).expect("marker in the image");
-    let data = noise(7, 3 * 4096);
+    let data = nonzero_noise(7, 3 * 4096);
     c.write(marker, &data).unwrap();
-    let odd = noise(8, 513);
+    let odd = nonzero_noise(8, 513);
     c.write(marker + 100_007, &odd).unwrap();
     c.flush().unwrap();
     assert_bytes_eq(
@@ -333,11 +325,11 @@ fn nbd_crate_client_reads_and_writes() {
     );
     // Partial writes over zstd-compressed file data (read-modify-write of
     // a verified, decompressed block), one across a block boundary.
-    let text = text_bytes(22, 1_500_001);
+    let text = line_text(22, 1_500_001);
     let t = find_block(&image, &text[..8192]).expect("text.txt in the image");
     let mut want = image[t as usize..(t + 16384) as usize].to_vec();
-    let a = noise(9, 513);
-    let b = noise(10, 300);
+    let a = nonzero_noise(9, 513);
+    let b = nonzero_noise(10, 300);
     c.write(t + 5003, &a).unwrap();
     c.write(t + 8192 - 100, &b).unwrap();
     want[5003..5003 + 513].copy_from_slice(&a);

@@ -6,15 +6,18 @@
 //! A missing tool fails the test naming its Debian package. Every test has
 //! its own directory and socket; no fixed TCP port is used.
 
-mod serve_support;
+mod kit;
 
+use kit::image::export_image;
+use kit::serve::*;
+use kit::server::*;
+use kit::*;
 use serde_json::Value;
-use serve_support::*;
 use std::ffi::OsString;
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::fs::{FileExt, FileTypeExt};
-use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 #[test]
 fn tampered_fragment_block_gets_eio_and_server_stays_up() {
@@ -223,6 +226,23 @@ fn slot_content(off: u64, seed: u8) -> Vec<u8> {
     out
 }
 
+/// The next write a writer script reports acknowledged (its line
+/// `ack OFFSET SEED`), or None once it has closed its output.
+#[track_caller]
+fn acknowledgement(writer: &Running, deadline: Instant) -> Option<(u64, u8)> {
+    let line = match writer.stdout.next_line(deadline) {
+        Ok(l) => l,
+        Err(NoLine::Ended) => return None,
+        Err(NoLine::Deadline) => panic!(
+            "the writer did not finish within {TOOL_DEADLINE:?}:\n{}",
+            writer.transcript()
+        ),
+    };
+    let f: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(f.len(), 3, "writer printed {line:?}");
+    Some((f[1].parse().unwrap(), f[2].parse().unwrap()))
+}
+
 #[test]
 fn kill9_during_writes_keeps_acknowledged_writes() {
     require_python_nbd();
@@ -243,33 +263,32 @@ fn kill9_during_writes_keeps_acknowledged_writes() {
         }
         drop(c);
         let base = MIB + round * count * 65536;
-        let mut py = Command::new("/usr/bin/python3");
-        py.arg("-c")
-            .arg(WRITER_PY)
-            .arg("--")
-            .arg(&sock)
-            .args([base.to_string(), count.to_string(), round.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = spawn(&mut py);
-        let out = child.stdout.take().unwrap();
+        let mut writer = Running::start(
+            &mut python_cmd(
+                WRITER_PY,
+                [
+                    sock.clone().into_os_string(),
+                    base.to_string().into(),
+                    count.to_string().into(),
+                    round.to_string().into(),
+                ],
+            ),
+            false,
+        );
+        let deadline = Instant::now() + TOOL_DEADLINE;
         let kill_after = 4 + 5 * round as usize;
-        let mut lines = BufReader::new(out).lines();
         let mut this_round = Vec::new();
         let mut srv = Some(srv);
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            let f: Vec<&str> = line.split_whitespace().collect();
-            assert_eq!(f.len(), 3, "writer printed {line:?}");
-            this_round.push((f[1].parse::<u64>().unwrap(), f[2].parse::<u8>().unwrap()));
+        while let Some(ack) = acknowledgement(&writer, deadline) {
+            this_round.push(ack);
             if this_round.len() == kill_after {
                 srv.take().unwrap().kill9();
             }
         }
-        let status = child.wait().unwrap();
-        let mut err = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        let status = writer
+            .wait(TOOL_DEADLINE)
+            .unwrap_or_else(|s| panic!("round {round}: the writer did not exit (killed, {s})"));
+        let err = writer.stderr.text();
         assert!(
             srv.is_none(),
             "round {round}: the writer stopped after {} acknowledgements ({status}):\n{err}",
@@ -343,36 +362,36 @@ fn sigterm_keeps_acknowledged_unflushed_writes() {
     let sock = fx.socket("s.sock");
     let srv = Server::start(&[&fx.manifest], &sock, &[]);
     let base = 16 * MIB;
-    let mut py = Command::new("/usr/bin/python3");
-    py.arg("-c")
-        .arg(GRACEFUL_PY)
-        .arg("--")
-        .arg(&sock)
-        .args([base.to_string(), "32".to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = spawn(&mut py);
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().map(|l| l.unwrap());
-    if first.as_deref() != Some("sent") {
-        let _ = child.kill();
-        let o = child.wait_with_output().unwrap();
-        panic!("writer: {first:?} ({}):\n{}", o.status, text(&o));
+    let mut writer = Running::start(
+        &mut python_cmd(
+            GRACEFUL_PY,
+            [
+                sock.clone().into_os_string(),
+                base.to_string().into(),
+                "32".into(),
+            ],
+        ),
+        true,
+    );
+    let deadline = Instant::now() + TOOL_DEADLINE;
+    let first = writer.stdout.next_line(deadline);
+    if first.as_deref() != Ok("sent") {
+        let status = writer.wait(Duration::ZERO);
+        panic!("writer: {first:?} ({status:?}):\n{}", writer.transcript());
     }
     let log = srv.stop();
     assert!(log.contains("stopped"), "server stderr:\n{log}");
-    writeln!(child.stdin.take().unwrap()).unwrap();
-    let acked: Vec<(u64, u8)> = lines
-        .map(|l| {
-            let l = l.unwrap();
-            let f: Vec<&str> = l.split_whitespace().collect();
-            assert_eq!(f.len(), 3, "writer printed {l:?}");
-            (f[1].parse().unwrap(), f[2].parse().unwrap())
-        })
-        .collect();
-    let o = child.wait_with_output().unwrap();
-    assert!(o.status.success(), "writer ({}):\n{}", o.status, text(&o));
+    writeln!(writer.stdin.take().unwrap()).unwrap();
+    let mut acked: Vec<(u64, u8)> = Vec::new();
+    while let Some(ack) = acknowledgement(&writer, deadline) {
+        acked.push(ack);
+    }
+    let status = writer.wait(TOOL_DEADLINE);
+    assert!(
+        matches!(status, Ok(s) if s.success()),
+        "writer ({status:?}):\n{}",
+        writer.transcript()
+    );
     assert!(acked.len() >= 8, "only {} writes acknowledged", acked.len());
     eprintln!(
         "{} of 32 in-flight writes were acknowledged around SIGTERM",
@@ -443,7 +462,7 @@ fn malformed_requests_do_not_take_the_server_down() {
         let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
         s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
             .unwrap();
-        let _ = s.write_all(&noise(5, 4096));
+        let _ = s.write_all(&nonzero_noise(5, 4096));
         let mut sink = Vec::new();
         let r = std::io::Read::read_to_end(&mut s, &mut sink);
         assert!(
@@ -465,7 +484,7 @@ fn malformed_requests_do_not_take_the_server_down() {
         "read past the end: error {err}, handle {h}"
     );
     // A write crossing the end: ENOSPC (or EINVAL), nothing written.
-    c.request(0, 1, 3, size - 512, 4096, &noise(6, 4096))
+    c.request(0, 1, 3, size - 512, 4096, &nonzero_noise(6, 4096))
         .unwrap();
     let (err, h) = c.reply().unwrap();
     assert!(
@@ -486,7 +505,8 @@ fn malformed_requests_do_not_take_the_server_down() {
 
     // A write announcing 1 MiB that sends 100 bytes and hangs up.
     let mut c = RawConn::connect(&sock, "root").expect("handshake");
-    c.request(0, 1, 6, MIB, 1 << 20, &noise(7, 100)).unwrap();
+    c.request(0, 1, 6, MIB, 1 << 20, &nonzero_noise(7, 100))
+        .unwrap();
     drop(c);
     // A request with a bad magic.
     let mut c = RawConn::connect(&sock, "root").expect("handshake");
@@ -542,7 +562,7 @@ fn socket_activation_with_nbdinfo() {
     let ro = fx.path("ro.toml");
     write_manifest(&ro, "ro", "40MiB", None);
     let ro_img = fx.path("ro.raw");
-    export(&ro, &ro_img, false);
+    export_image(&ro, &ro_img, false);
     let ro_size = fs::metadata(&ro_img).unwrap().len();
     let out = tool_ok(
         "nbdinfo",
@@ -734,7 +754,7 @@ fn overlay_of_another_volume_is_refused_until_discarded() {
 
     // --discard-overlay starts over: the new volume's base bytes.
     let new_image = fx.path("new.raw");
-    export(&fx.manifest, &new_image, false);
+    export_image(&fx.manifest, &new_image, false);
     let srv = Server::start(&[&fx.manifest], &sock, &["--discard-overlay"]);
     assert_same_image(&new_image, &uri(&sock, "root"));
     srv.stop();
@@ -790,6 +810,40 @@ fn demo_serves_until_sigint() {
         "{tcp}"
     );
     assert_same_image(&d.join("volume.img"), &uri(&sock, "root"));
+
+    // Every qemu-img and qemu-io line of the attach hints it prints once
+    // listening (they end with the line saying how to stop) works as
+    // printed: exit 0, and the compare finds the images identical.
+    let printed = srv.wait_stdout("Ctrl-C stops the server");
+    let hints: Vec<&str> = printed
+        .iter()
+        .skip_while(|l| !l.starts_with("serving export"))
+        .map(|l| l.trim())
+        .filter(|l| l.starts_with("qemu-img ") || l.starts_with("qemu-io "))
+        .collect();
+    assert!(
+        hints.iter().any(|l| l.starts_with("qemu-img compare "))
+            && hints.iter().any(|l| l.starts_with("qemu-io ")),
+        "the demo's attach hints lack a qemu-img compare or a qemu-io line:\n{}",
+        printed.join("\n")
+    );
+    for line in hints {
+        let o = tool("sh", ["-c", line]);
+        assert!(
+            o.status.success(),
+            "the demo's hint `{line}` failed ({}):\n{}",
+            o.status,
+            text(&o)
+        );
+        if line.starts_with("qemu-img compare ") {
+            assert!(
+                stdout(&o).contains("Images are identical"),
+                "`{line}`:\n{}",
+                text(&o)
+            );
+        }
+    }
+
     let (status, log) = srv.stop_with("INT");
     assert_eq!(status.code(), Some(0), "demo on SIGINT: {status}\n{log}");
     assert!(!sock.exists(), "SIGINT left {}", sock.display());

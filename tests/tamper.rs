@@ -4,11 +4,10 @@
 //! place. Also through the CLI, for truncated and untrusted fragments, for
 //! compressed fragments, and for files changed under an open reader.
 
-#[macro_use]
-mod harness;
+mod kit;
 
 use fragments::{BuildOptions, Error, Fault, Fragment, RegionKind, Trust, VerifyingKey};
-use harness::*;
+use kit::*;
 use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::{symlink, FileExt};
@@ -27,12 +26,28 @@ fn make_tree(root: &Path) {
     make_dir(&root.join("c"), 0o750);
     for i in 0..14u64 {
         let len = 700 + 20 * i as usize; // all < 1024: small-data region
-        write_file(&root.join(format!("c/small{i}")), &noise(i, len), 0o644);
+        write_file(
+            &root.join(format!("c/small{i}")),
+            &nonzero_noise(i, len),
+            0o644,
+        );
     }
-    write_file(&root.join("a/big1"), &noise(100, 3 * 4096 + 100), 0o644);
-    write_file(&root.join("a/b/big2"), &noise(101, 5 * 4096), 0o755);
-    write_file(&root.join("c/big3"), &noise(102, 2 * 4096 + 1), 0o600);
-    write_file(&root.join("c/dup"), &noise(100, 3 * 4096 + 100), 0o644); // = big1
+    write_file(
+        &root.join("a/big1"),
+        &nonzero_noise(100, 3 * 4096 + 100),
+        0o644,
+    );
+    write_file(&root.join("a/b/big2"), &nonzero_noise(101, 5 * 4096), 0o755);
+    write_file(
+        &root.join("c/big3"),
+        &nonzero_noise(102, 2 * 4096 + 1),
+        0o600,
+    );
+    write_file(
+        &root.join("c/dup"),
+        &nonzero_noise(100, 3 * 4096 + 100),
+        0o644,
+    ); // = big1
     fs::hard_link(root.join("a/b/big2"), root.join("hard")).unwrap();
     symlink("../a/big1", root.join("c/link")).unwrap();
     xattr::set(root.join("a/big1"), "user.note", b"tampered?").unwrap();
@@ -472,7 +487,7 @@ fn cli_verify_names_region_block_and_path_of_a_data_flip() {
         );
         let o = mosaic(args!["fragment", "cat", p, "/a/big1"]);
         expect_code(&o, 0, "cat of an intact file");
-        assert_eq!(o.stdout, noise(100, 3 * 4096 + 100));
+        assert_eq!(o.stdout, nonzero_noise(100, 3 * 4096 + 100));
     });
 }
 
@@ -687,9 +702,9 @@ fn rewritten_under_the_reader_gives_block_mismatch_and_no_unverified_bytes() {
     // Blocks around it still read and verify.
     let mut one = vec![0u8; 4096];
     f.read_file(ino, 0, &mut one).unwrap();
-    assert_eq!(one, noise(101, 5 * 4096)[..4096]);
+    assert_eq!(one, nonzero_noise(101, 5 * 4096)[..4096]);
     f.read_file(ino, 4 * 4096, &mut one).unwrap();
-    assert_eq!(one, noise(101, 5 * 4096)[4 * 4096..]);
+    assert_eq!(one, nonzero_noise(101, 5 * 4096)[4 * 4096..]);
 
     let faults = f.verify_all(&|_| {}).unwrap();
     assert_eq!(faults.len(), 1);

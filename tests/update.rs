@@ -3,11 +3,12 @@
 //! corruption case is found, named and repaired (or reported), and
 //! packages from untrusted keys or for another base are refused.
 
-mod update_support;
+mod kit;
 
+use kit::revisions::*;
+use kit::*;
 use std::fs;
 use std::path::{Path, PathBuf};
-use update_support::*;
 
 struct Lab {
     _dir: tempfile::TempDir,

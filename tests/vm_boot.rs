@@ -19,24 +19,20 @@
 //! missing tool fails the test naming its Debian package. The tests take
 //! turns (one lock): each boots its guests on the machine's two cores.
 
-mod vm_support;
+mod kit;
 
+use kit::image::{assert_fsck_clean, debugfs, debugfs_text, export_image};
+use kit::server::*;
+use kit::vm::*;
+use kit::*;
 use std::fs;
 use std::path::Path;
 use std::sync::Mutex;
-use vm_support::*;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn turn() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("vm-boot-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap()
 }
 
 /// The lines every boot prints: one per fragment at least, from the base
@@ -73,32 +69,9 @@ fn assert_fragment_evidence(vm: &mut Vm) {
     vm.wait_for("mosaic-vm: booted");
 }
 
-/// `e2fsck -fn IMAGE` exits 0 and complains about nothing.
-#[track_caller]
-fn assert_fsck_clean(image: &Path) {
-    let o = run("e2fsck", ["-fn".as_ref(), image.as_os_str()]);
-    let all = text(&o);
-    let complaints: Vec<&str> = all
-        .lines()
-        .filter(|l| {
-            !(l.is_empty()
-                || l.starts_with("---")
-                || l.starts_with("e2fsck ")
-                || l.starts_with("Pass ")
-                || l.contains(" files (") && l.contains(" blocks"))
-        })
-        .collect();
-    assert!(
-        o.status.code() == Some(0) && complaints.is_empty(),
-        "e2fsck -fn {} ({}): {complaints:?}\n{all}",
-        image.display(),
-        o.status
-    );
-}
-
 /// The names in a directory of an image, by debugfs (`ls -p`).
 fn image_ls(image: &Path, dir: &str) -> Vec<String> {
-    let out = String::from_utf8(debugfs(image, &format!("ls -p {dir}"))).unwrap();
+    let out = debugfs_text(image, &format!("ls -p {dir}"));
     let mut names: Vec<String> = out
         .lines()
         .filter_map(|l| l.split('/').nth(5).map(str::to_owned))
@@ -106,18 +79,6 @@ fn image_ls(image: &Path, dir: &str) -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-/// `mosaic volume export MANIFEST -o IMAGE --with-overlay` (server stopped).
-fn export_with_overlay(manifest: &Path, image: &Path) {
-    mosaic_ok([
-        "volume".as_ref(),
-        "export".as_ref(),
-        manifest.as_os_str(),
-        "-o".as_ref(),
-        image.as_os_str(),
-        "--with-overlay".as_ref(),
-    ]);
 }
 
 /// The guest's writes of `write:TAG`, read back from an image on the host.
@@ -145,13 +106,13 @@ fn assert_guest_files_in_image(image: &Path, tag: &str) {
 #[test]
 fn guest_boots_from_fragments_and_its_writes_persist() {
     let _turn = turn();
-    let fx = fixture();
+    let fx = vm_fixture();
     let dir = tempdir();
-    let manifest = manifest(dir.path(), "root", &fx.fragments(), &fx.trust(), true);
+    let manifest = vm_manifest(dir.path(), "root", &fx.fragments(), &fx.trust(), true);
     let socket = dir.path().join("nbd.sock");
 
     // First boot: evidence, then write a file and a directory, sync, power off.
-    let server = Server::start(&[&manifest], &socket);
+    let server = Server::start(&[&manifest], &socket, &[]);
     let mut vm = Vm::boot("first boot", fx, &server, "root", "list,write:first,list");
     assert_fragment_evidence(&mut vm);
     let booted = vm.elapsed();
@@ -174,7 +135,7 @@ fn guest_boots_from_fragments_and_its_writes_persist() {
     server.stop();
 
     // mosaic restarted; the second boot sees the writes.
-    let server = Server::start(&[&manifest], &socket);
+    let server = Server::start(&[&manifest], &socket, &[]);
     let mut vm = Vm::boot("second boot", fx, &server, "root", "list");
     assert_fragment_evidence(&mut vm);
     vm.wait_for("mosaic-vm: guest files: first.dir first.txt");
@@ -186,13 +147,13 @@ fn guest_boots_from_fragments_and_its_writes_persist() {
 
     // On the host, server stopped: the image with the overlay.
     let image = dir.path().join("with-overlay.raw");
-    export_with_overlay(&manifest, &image);
+    export_image(&manifest, &image, true);
     assert_eq!(
         image_ls(&image, "/var/lib/guest"),
         ["first.dir", "first.txt"]
     );
     assert_guest_files_in_image(&image, "first");
-    let stat = String::from_utf8(debugfs(&image, "stat /var/lib/guest/first.dir")).unwrap();
+    let stat = debugfs_text(&image, "stat /var/lib/guest/first.dir");
     assert!(stat.contains("Type: directory"), "{stat}");
     assert_fsck_clean(&image);
 }
@@ -202,12 +163,12 @@ fn guest_boots_from_fragments_and_its_writes_persist() {
 #[test]
 fn two_guests_share_fragments_with_separate_overlays() {
     let _turn = turn();
-    let fx = fixture();
+    let fx = vm_fixture();
     let dir = tempdir();
-    let a = manifest(dir.path(), "a", &fx.fragments(), &fx.trust(), true);
-    let b = manifest(dir.path(), "b", &fx.fragments(), &fx.trust(), true);
+    let a = vm_manifest(dir.path(), "a", &fx.fragments(), &fx.trust(), true);
+    let b = vm_manifest(dir.path(), "b", &fx.fragments(), &fx.trust(), true);
     let socket = dir.path().join("nbd.sock");
-    let server = Server::start(&[&a, &b], &socket);
+    let server = Server::start(&[&a, &b], &socket, &[]);
 
     let steps = |tag: &str| format!("write:{tag},list,hold,list");
     let mut va = Vm::boot("guest a", fx, &server, "a", &steps("a"));
@@ -230,7 +191,7 @@ fn two_guests_share_fragments_with_separate_overlays() {
     // Meanwhile the host copies export a with nbdcopy, and the copy holds
     // the app fragment's payload byte for byte.
     let copy = dir.path().join("a-while-running.raw");
-    run_ok("nbdcopy", [server.uri("a").as_ref(), copy.as_os_str()]);
+    tool_ok("nbdcopy", [server.uri("a").as_ref(), copy.as_os_str()]);
     let payload = fx.payload();
     assert!(
         debugfs(&copy, "cat /usr/share/mosaic-app/payload.txt") == payload,
@@ -266,7 +227,7 @@ fn two_guests_share_fragments_with_separate_overlays() {
     // Each overlay holds its own guest's writes and not the other's.
     for (manifest, tag, other) in [(&a, "a", "b"), (&b, "b", "a")] {
         let image = dir.path().join(format!("{tag}.raw"));
-        export_with_overlay(manifest, &image);
+        export_image(manifest, &image, true);
         assert_eq!(
             image_ls(&image, "/var/lib/guest"),
             [format!("{tag}.dir"), format!("{tag}.txt")],
@@ -283,7 +244,7 @@ fn two_guests_share_fragments_with_separate_overlays() {
 #[test]
 fn tampered_fragment_fails_the_guests_read() {
     let _turn = turn();
-    let fx = fixture();
+    let fx = vm_fixture();
     let dir = tempdir();
     let mut fragments = Vec::new();
     for name in FRAGMENTS {
@@ -303,9 +264,9 @@ fn tampered_fragment_fails_the_guests_read() {
     bytes[at + 5000] ^= 0x01;
     fs::write(&app, &bytes).unwrap();
 
-    let manifest = manifest(dir.path(), "root", &fragments, &fx.trust(), true);
+    let manifest = vm_manifest(dir.path(), "root", &fragments, &fx.trust(), true);
     let socket = dir.path().join("nbd.sock");
-    let mut server = Server::start(&[&manifest], &socket);
+    let mut server = Server::start(&[&manifest], &socket, &[]);
     let mut vm = Vm::boot("tampered", fx, &server, "root", "list");
     let line = vm.wait_for("mosaic-vm: app: payload ");
     assert_eq!(line, "mosaic-vm: app: payload read failed");
@@ -337,7 +298,7 @@ fn tampered_fragment_fails_the_guests_read() {
         "the server's log does not name the tampered fragment block:\n{log}"
     );
     assert!(server.alive(), "mosaic serve exited:\n{log}");
-    let o = run_ok(
+    let out = tool_ok(
         "qemu-io",
         [
             "-f",
@@ -348,7 +309,6 @@ fn tampered_fragment_fails_the_guests_read() {
             server.uri("root").as_str(),
         ],
     );
-    let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("read 1048576/1048576"), "qemu-io: {out}");
     server.stop();
 }

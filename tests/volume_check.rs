@@ -3,10 +3,10 @@
 //! directory security (owners agree or conflict, inheritance, root
 //! default), hard links, refused fragments named, the fragment cache.
 
-mod common;
+mod kit;
 
-use common::{chmod, lchown, mosaic, write_keys};
 use fragments::{BuildOptions, Fragment, Kind, SigningKey, Trust};
+use kit::{chmod, lchown, mosaic, write_keys};
 use layout::merge::{merge, merge_report, ConflictKind, Merged, Node, XattrSource};
 use layout::{FragmentCache, Manifest};
 use std::fs;
@@ -24,8 +24,8 @@ struct Lab {
 
 impl Lab {
     fn new() -> Lab {
-        let dir = common::tempdir();
-        let key = common::key(11);
+        let dir = kit::tempdir();
+        let key = kit::key(11);
         write_keys(dir.path(), "lab.key", &key);
         Lab { dir, key }
     }
@@ -61,7 +61,7 @@ impl Lab {
             owns: owns.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         };
-        common::build(&self.path().join(format!("{name}.tree")), &out, key, &opts);
+        kit::build(&self.path().join(format!("{name}.tree")), &out, key, &opts);
         out
     }
     fn frag(&self, name: &str, files: &[&str], owns: &[&str]) -> PathBuf {
@@ -69,7 +69,7 @@ impl Lab {
         self.build(name, owns, &self.key)
     }
     fn open(&self, path: &Path) -> Arc<Fragment> {
-        Arc::new(common::open(path, &self.key))
+        Arc::new(kit::open(path, &self.key))
     }
     /// Writes `NAME.toml` listing `frags` (file names in the lab dir).
     fn manifest(&self, name: &str, frags: &[&str], extra: &str) -> PathBuf {
@@ -95,7 +95,7 @@ fn check(manifest: &Path, json: bool) -> (i32, String, String) {
     }
     let out = mosaic(&args);
     (
-        common::code(&out),
+        kit::code(&out),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
@@ -602,7 +602,7 @@ fn untrusted_and_corrupt_fragments_are_refused_by_name() {
     let lab = Lab::new();
     lab.frag("good", &["good"], &[]);
     lab.tree("stranger", &["s"]);
-    let other = common::key(99);
+    let other = kit::key(99);
     lab.build("stranger", &[], &other);
     let bad = lab.frag("bad", &["bad/file"], &[]);
 
@@ -705,7 +705,7 @@ fn one_open_per_file_across_manifests() {
     assert_eq!(cache.len(), 3);
 
     // A cached fragment is still refused to a caller that does not trust it.
-    let stranger = common::key(77);
+    let stranger = kit::key(77);
     let e = cache
         .open(&lab.path().join("base.frag"), &[stranger.verifying_key()])
         .unwrap_err();

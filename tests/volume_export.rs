@@ -13,217 +13,21 @@
 //! Runs as root (loop mounts, chown, device nodes). A missing tool fails
 //! the test naming it.
 
-mod common;
+mod kit;
 
-use common::{
-    chmod, extended_acl, hard_link_groups, key, lchown, mknod, random_bytes, set_mtime, set_xattr,
-    snapshot, vfs_cap_v2, write_keys, EntryStat, FileKind, Special,
-};
 use fragments::{BuildOptions, SigningKey};
+use kit::golden::{blake3_hex, compare_or_bless};
+use kit::image::{
+    assert_fsck_clean, assert_fsck_fixes_nothing, debugfs_text, export_image_with, Mount,
+};
+use kit::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-// ---------------------------------------------------------------------------
-// Tools
-
-/// The Debian package that brings a tool, for the "not installed" message.
-fn package_of(tool: &str) -> &'static str {
-    match tool {
-        "e2fsck" | "debugfs" | "dumpe2fs" => "e2fsprogs",
-        "mount" | "umount" => "mount",
-        "cmp" => "diffutils",
-        _ => "coreutils",
-    }
-}
-
-/// Runs an external tool in the C locale and UTC (its dates are then the
-/// same everywhere); a tool that is not installed fails the test naming it.
-fn tool<I, S>(name: &str, args: I) -> Output
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-    match Command::new(name)
-        .args(&args)
-        .env("TZ", "UTC")
-        .env("LC_ALL", "C")
-        .env("DEBUGFS_PAGER", "__none__")
-        .env("PAGER", "__none__")
-        .output()
-    {
-        Ok(o) => o,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-            "required tool `{name}` is not installed (on Debian: apt-get install {}); \
-             this test cannot run without it",
-            package_of(name)
-        ),
-        Err(e) => panic!("could not run `{name} {args:?}`: {e}"),
-    }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn code(o: &Output) -> i32 {
-    o.status
-        .code()
-        .unwrap_or_else(|| panic!("killed by a signal: {:?}", o.status))
-}
-
-/// Runs a tool that must exit 0; returns its stdout.
-#[track_caller]
-fn tool_ok<I, S>(name: &str, args: I) -> String
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-    let o = tool(name, &args);
-    assert!(
-        o.status.success(),
-        "`{name} {args:?}` failed ({}):\n{}",
-        o.status,
-        text(&o)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// `e2fsck -fn IMG` exits 0 and prints nothing but its banner, the pass
-/// lines and one summary line (it exits 0 on some complaints under -n).
-#[track_caller]
-fn assert_fsck_clean(img: &Path) {
-    let o = tool("e2fsck", [OsStr::new("-fn"), img.as_os_str()]);
-    let all = text(&o);
-    let mut summaries = 0;
-    let noise: Vec<&str> = all
-        .lines()
-        .filter(|l| {
-            if l.contains(" files (") && l.contains("non-contiguous), ") && l.ends_with(" blocks") {
-                summaries += 1;
-                return false;
-            }
-            !(l.starts_with("Pass ") || l.starts_with("e2fsck ") || l.trim().is_empty())
-        })
-        .collect();
-    assert!(
-        code(&o) == 0 && noise.is_empty() && summaries == 1,
-        "e2fsck -fn {}: exit {}; unexpected lines {noise:?}\n{all}",
-        img.display(),
-        code(&o)
-    );
-}
-
-/// `e2fsck -fy` on a sparse copy exits 0 and changes nothing past block 0
-/// (it rewrites superblock times even on a clean filesystem).
-#[track_caller]
-fn assert_fsck_fixes_nothing(img: &Path) {
-    let copy = img.with_extension("fy");
-    tool_ok(
-        "cp",
-        [
-            OsStr::new("--sparse=always"),
-            img.as_os_str(),
-            copy.as_os_str(),
-        ],
-    );
-    let o = tool("e2fsck", [OsStr::new("-fy"), copy.as_os_str()]);
-    assert_eq!(code(&o), 0, "e2fsck -fy changed something:\n{}", text(&o));
-    let o = tool(
-        "cmp",
-        [
-            OsStr::new("-i"),
-            OsStr::new("4096"),
-            img.as_os_str(),
-            copy.as_os_str(),
-        ],
-    );
-    assert_eq!(
-        code(&o),
-        0,
-        "e2fsck -fy changed the image past block 0: {}",
-        text(&o)
-    );
-    fs::remove_file(copy).unwrap();
-}
-
-/// A loop mount, unmounted when dropped (or explicitly, checked).
-struct Mount {
-    at: PathBuf,
-    mounted: bool,
-}
-
-impl Mount {
-    #[track_caller]
-    fn new(img: &Path, at: &Path, read_only: bool) -> Mount {
-        fs::create_dir_all(at).unwrap();
-        let opts = if read_only { "loop,ro" } else { "loop" };
-        tool_ok(
-            "mount",
-            [
-                OsStr::new("-t"),
-                OsStr::new("ext4"),
-                OsStr::new("-o"),
-                OsStr::new(opts),
-                img.as_os_str(),
-                at.as_os_str(),
-            ],
-        );
-        Mount {
-            at: at.to_owned(),
-            mounted: true,
-        }
-    }
-    fn path(&self) -> &Path {
-        &self.at
-    }
-    #[track_caller]
-    fn unmount(mut self) {
-        self.mounted = false;
-        tool_ok("umount", [self.at.as_os_str()]);
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        if self.mounted {
-            let _ = Command::new("umount").arg(&self.at).status();
-        }
-    }
-}
-
-/// `debugfs -R REQUEST IMG`: exit 0, stdout (the request's output).
-#[track_caller]
-fn debugfs(img: &Path, request: &str) -> String {
-    let o = tool(
-        "debugfs",
-        [OsStr::new("-R"), OsStr::new(request), img.as_os_str()],
-    );
-    let err = String::from_utf8_lossy(&o.stderr);
-    // debugfs exits 0 even when a request fails; its complaints go to
-    // stderr after the version banner.
-    let complaints: Vec<&str> = err
-        .lines()
-        .filter(|l| !l.starts_with("debugfs ") && !l.trim().is_empty())
-        .collect();
-    assert!(
-        o.status.success() && complaints.is_empty(),
-        "debugfs -R '{request}' {}: {}\n{err}",
-        img.display(),
-        o.status
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use std::process::Output;
 
 // ---------------------------------------------------------------------------
 // A lab: keys, trees, fragments, manifests
@@ -237,7 +41,7 @@ struct Lab {
 
 impl Lab {
     fn new() -> Lab {
-        let dir = common::tempdir();
+        let dir = kit::tempdir();
         write_keys(dir.path(), "lab.key", &key(LAB_KEY));
         Lab { dir }
     }
@@ -260,7 +64,7 @@ impl Lab {
             owns: owns.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         };
-        common::build(tree, &out, key, &opts);
+        kit::build(tree, &out, key, &opts);
         out
     }
     /// Writes `FILE` (in the lab) listing fragment files `frags`, trusting
@@ -279,30 +83,14 @@ impl Lab {
 
 /// `mosaic volume export MANIFEST -o OUT [--json]`.
 fn export(manifest: &Path, out: &Path, json: bool) -> Output {
-    let mut args: Vec<OsString> = vec![
-        "volume".into(),
-        "export".into(),
-        manifest.into(),
-        "-o".into(),
-        out.into(),
-    ];
-    if json {
-        args.push("--json".into());
-    }
-    common::mosaic(&args)
+    export_image_with(manifest, out, if json { &["--json"] } else { &[] })
 }
 
 /// Exports and returns the `--json` summary, failing unless exit 0.
 #[track_caller]
 fn export_ok(manifest: &Path, out: &Path) -> serde_json::Value {
     let o = export(manifest, out, true);
-    assert!(
-        o.status.success(),
-        "volume export {} failed ({}):\n{}",
-        manifest.display(),
-        o.status,
-        text(&o)
-    );
+    expect_code(&o, 0, &format!("volume export {}", manifest.display()));
     let stdout = String::from_utf8_lossy(&o.stdout);
     let v: serde_json::Value = serde_json::from_str(&stdout)
         .unwrap_or_else(|e| panic!("--json output is not JSON ({e}): {stdout}"));
@@ -310,38 +98,6 @@ fn export_ok(manifest: &Path, out: &Path) -> serde_json::Value {
     assert_eq!(v["bytes"].as_u64(), Some(len), "bytes vs file size: {v}");
     assert_eq!(len % 4096, 0, "the image is whole 4 KiB blocks");
     v
-}
-
-/// A file with exact contents and permission bits.
-fn file(path: &Path, bytes: &[u8], perm: u32) {
-    if let Some(p) = path.parent() {
-        fs::create_dir_all(p).unwrap();
-    }
-    fs::write(path, bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-    chmod(path, perm);
-}
-
-/// A directory (and parents) with exact permission bits.
-fn dir(path: &Path, perm: u32) {
-    fs::create_dir_all(path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-    chmod(path, perm);
-}
-
-/// Every path under `root` (root included), children before parents, so
-/// that pinning times in this order leaves every one as set.
-fn all_paths(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_owned()];
-    while let Some(p) = stack.pop() {
-        if fs::symlink_metadata(&p).unwrap().is_dir() {
-            for name in common::list_dir(&p) {
-                stack.push(p.join(name));
-            }
-        }
-        out.push(p);
-    }
-    out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    out
 }
 
 /// Pins the mtime of every entry of `root` to `base` plus a per-entry step
@@ -370,21 +126,21 @@ const TOOLS_OWNS: &[&str] = &["/srv"];
 
 /// base: /etc and /usr (owned), binaries and libraries, a > 4 MiB file.
 fn make_base(root: &Path) {
-    dir(root, 0o755);
-    dir(&root.join("etc"), 0o755);
-    file(&root.join("etc/hostname"), b"mosaic\n", 0o644);
-    file(&root.join("etc/r1023"), &random_bytes(1, 1023), 0o644);
-    file(&root.join("etc/r1024"), &random_bytes(2, 1024), 0o644);
-    file(&root.join("etc/r1025"), &random_bytes(3, 1025), 0o600);
-    dir(&root.join("usr"), 0o751);
+    make_dir(root, 0o755);
+    make_dir(&root.join("etc"), 0o755);
+    write_file(&root.join("etc/hostname"), b"mosaic\n", 0o644);
+    write_file(&root.join("etc/r1023"), &random_bytes(1, 1023), 0o644);
+    write_file(&root.join("etc/r1024"), &random_bytes(2, 1024), 0o644);
+    write_file(&root.join("etc/r1025"), &random_bytes(3, 1025), 0o600);
+    make_dir(&root.join("usr"), 0o751);
     lchown(&root.join("usr"), 0, 3);
     set_xattr(&root.join("usr"), b"user.owner", b"base");
-    dir(&root.join("usr/bin"), 0o755);
-    file(&root.join("usr/bin/sh"), &random_bytes(4, 4096), 0o755);
-    dir(&root.join("usr/lib"), 0o755);
-    file(&root.join("usr/lib/r4095"), &random_bytes(5, 4095), 0o644);
-    file(&root.join("usr/lib/r4097"), &random_bytes(6, 4097), 0o644);
-    file(
+    make_dir(&root.join("usr/bin"), 0o755);
+    write_file(&root.join("usr/bin/sh"), &random_bytes(4, 4096), 0o755);
+    make_dir(&root.join("usr/lib"), 0o755);
+    write_file(&root.join("usr/lib/r4095"), &random_bytes(5, 4095), 0o644);
+    write_file(&root.join("usr/lib/r4097"), &random_bytes(6, 4097), 0o644);
+    write_file(
         &root.join("usr/lib/big.so"),
         &random_bytes(7, (4 << 20) + 512 * 1024 + 123),
         0o755,
@@ -395,14 +151,14 @@ fn make_base(root: &Path) {
 /// app: /usr/share/app (owned) and /etc/app.conf; its /, /etc, /usr and
 /// /usr/share are pass-through (their modes and owners here are ignored).
 fn make_app(root: &Path) {
-    dir(root, 0o700);
+    make_dir(root, 0o700);
     lchown(root, 9, 9);
-    dir(&root.join("etc"), 0o700);
+    make_dir(&root.join("etc"), 0o700);
     lchown(&root.join("etc"), 77, 77);
     set_xattr(&root.join("etc"), b"user.owner", b"app");
-    file(&root.join("etc/app.conf"), &random_bytes(10, 1024), 0o640);
+    write_file(&root.join("etc/app.conf"), &random_bytes(10, 1024), 0o640);
     lchown(&root.join("etc/app.conf"), 0, 1000);
-    dir(&root.join("usr/share/app/data"), 0o755);
+    make_dir(&root.join("usr/share/app/data"), 0o755);
     chmod(&root.join("usr"), 0o700);
     lchown(&root.join("usr"), 77, 77);
     set_xattr(&root.join("usr"), b"user.owner", b"app");
@@ -411,13 +167,13 @@ fn make_app(root: &Path) {
     chmod(&root.join("usr/share/app"), 0o750);
     lchown(&root.join("usr/share/app"), 1000, 1000);
     set_xattr(&root.join("usr/share/app"), b"user.owner", b"app");
-    file(
+    write_file(
         &root.join("usr/share/app/data/r4096"),
         &random_bytes(11, 4096),
         0o644,
     );
-    file(&root.join("usr/share/app/data/empty"), b"", 0o644);
-    file(
+    write_file(&root.join("usr/share/app/data/empty"), b"", 0o644);
+    write_file(
         &root.join("usr/share/app/run"),
         b"#!/bin/sh\necho app\n",
         0o755,
@@ -429,13 +185,13 @@ fn make_app(root: &Path) {
 /// tools: /usr/bin/tool (pass-through /usr and /usr/bin) and /srv (owned)
 /// with every kind of entry and attribute.
 fn make_tools(root: &Path) {
-    dir(root, 0o755);
-    dir(&root.join("usr/bin"), 0o700);
+    make_dir(root, 0o755);
+    make_dir(&root.join("usr/bin"), 0o700);
     chmod(&root.join("usr"), 0o700);
     lchown(&root.join("usr"), 88, 88);
     lchown(&root.join("usr/bin"), 88, 88);
     let tool_path = root.join("usr/bin/tool");
-    file(&tool_path, &random_bytes(20, 8000), 0o755);
+    write_file(&tool_path, &random_bytes(20, 8000), 0o755);
     set_xattr(
         &tool_path,
         b"security.capability",
@@ -443,16 +199,16 @@ fn make_tools(root: &Path) {
     );
 
     let srv = root.join("srv");
-    dir(&srv.join("sub"), 0o755);
+    make_dir(&srv.join("sub"), 0o755);
     chmod(&srv, 0o750);
     lchown(&srv, 10, 20);
     // Hard links: to the capability binary across directories, a 3-name
     // data file, a 2-name small file.
     fs::hard_link(&tool_path, srv.join("tool-link")).unwrap();
-    file(&srv.join("hard-a"), &random_bytes(21, 5000), 0o644);
+    write_file(&srv.join("hard-a"), &random_bytes(21, 5000), 0o644);
     fs::hard_link(srv.join("hard-a"), srv.join("sub/hard-b")).unwrap();
     fs::hard_link(srv.join("hard-a"), srv.join("sub/hard-c")).unwrap();
-    file(&srv.join("small-a"), b"small and linked\n", 0o644);
+    write_file(&srv.join("small-a"), b"small and linked\n", 0o644);
     fs::hard_link(srv.join("small-a"), srv.join("small-b")).unwrap();
     // Symlinks: fast (< 60 bytes), 59 and 60 bytes, long.
     symlink("../usr/bin/tool", srv.join("fast")).unwrap();
@@ -472,7 +228,7 @@ fn make_tools(root: &Path) {
     // Xattrs: an access ACL with a named user, user attributes (one set
     // shared by two files, one empty value).
     let acl_file = srv.join("acl-file");
-    file(&acl_file, b"acl\n", 0o640);
+    write_file(&acl_file, b"acl\n", 0o640);
     set_xattr(
         &acl_file,
         b"system.posix_acl_access",
@@ -482,11 +238,11 @@ fn make_tools(root: &Path) {
     for f in ["sub/hard-b", "small-a"] {
         set_xattr(&srv.join(f), b"user.shared", b"the same set");
     }
-    file(&srv.join("empty"), b"", 0o600);
+    write_file(&srv.join("empty"), b"", 0o600);
     set_xattr(&srv.join("empty"), b"user.empty", b"");
     // Owner, set-id bits (after chown, which clears them), odd times.
     let suid = srv.join("suid");
-    file(&suid, &random_bytes(22, 3000), 0o755);
+    write_file(&suid, &random_bytes(22, 3000), 0o755);
     lchown(&suid, 1234, 70000);
     chmod(&suid, 0o6755);
     // A sparse file: data islands at 0, 1 MiB + 100 and the end.
@@ -550,7 +306,7 @@ fn expected_union(
                 p.escape_ascii()
             );
             if first.kind == FileKind::Regular {
-                contents.insert(p.clone(), common::join_rel(trees[provs[0]].0, p));
+                contents.insert(p.clone(), kit::join_rel(trees[provs[0]].0, p));
             }
             out.insert(p.clone(), first.clone());
             continue;
@@ -666,7 +422,7 @@ fn union_differences(
         if let Some(src) = contents.get(p) {
             let (a, b) = (
                 fs::read(src).unwrap(),
-                fs::read(common::join_rel(mnt, p)).unwrap(),
+                fs::read(kit::join_rel(mnt, p)).unwrap(),
             );
             if a != b {
                 diffs.push(format!("{}: contents differ", show(p)));
@@ -714,7 +470,7 @@ fn three_fragments_merge_into_a_clean_volume_that_mounts_as_their_union() {
     assert_fsck_fixes_nothing(&img);
 
     // debugfs reads the merged tree's inodes, the capability and the ACL.
-    let st = debugfs(&img, "stat /usr/bin/tool");
+    let st = debugfs_text(&img, "stat /usr/bin/tool");
     for needle in [
         "Type: regular",
         "Mode:  0755",
@@ -730,13 +486,13 @@ fn three_fragments_merge_into_a_clean_volume_that_mounts_as_their_union() {
     }
     // ACLs are stored in ext4's own format (version 1, 4-byte entries
     // but for named users and groups), not the 60-byte VFS form.
-    let ea = debugfs(&img, "ea_list /srv/acl-file");
+    let ea = debugfs_text(&img, "ea_list /srv/acl-file");
     assert!(
         ea.contains("system.posix_acl_access (44)")
             && ea.contains("user.comment (20) = \"an ACL and a comment\""),
         "ea_list /srv/acl-file:\n{ea}"
     );
-    let ea = debugfs(&img, "ea_list /srv");
+    let ea = debugfs_text(&img, "ea_list /srv");
     assert!(
         ea.contains(
             "system.posix_acl_default (28) = 01 00 00 00 01 00 07 00 02 00 05 00 e8 03 00 00 \
@@ -774,13 +530,13 @@ fn three_fragments_merge_into_a_clean_volume_that_mounts_as_their_union() {
         diffs.len(),
         diffs.join("\n  ")
     );
-    let lf = common::stat_entry(&mnt.path().join("lost+found"));
+    let lf = kit::stat_entry(&mnt.path().join("lost+found"));
     assert_eq!(
         (lf.kind, lf.perm, lf.uid, lf.gid, lf.nlink),
         (FileKind::Directory, 0o700, 0, 0, 2),
         "lost+found"
     );
-    assert!(common::list_dir(&mnt.path().join("lost+found")).is_empty());
+    assert!(kit::list_dir(&mnt.path().join("lost+found")).is_empty());
     mnt.unmount();
 }
 
@@ -845,18 +601,18 @@ const G_UUID: &str = "01234567-89ab-cdef-0123-456789abcdef";
 /// /dir/link  -> ../hello                   G_LINK
 /// ```
 fn golden_tree(root: &Path) {
-    dir(root, 0o755);
-    file(
+    make_dir(root, 0o755);
+    write_file(
         &root.join("data"),
         &(0..5000u32)
             .map(|i| (i % 251) as u8 + 1)
             .collect::<Vec<_>>(),
         0o640,
     );
-    file(&root.join("empty"), b"", 0o644);
-    file(&root.join("hello"), b"hello, volume\n", 0o644);
+    write_file(&root.join("empty"), b"", 0o644);
+    write_file(&root.join("hello"), b"hello, volume\n", 0o644);
     set_xattr(&root.join("hello"), b"user.test", b"golden-value");
-    dir(&root.join("dir"), 0o750);
+    make_dir(&root.join("dir"), 0o750);
     fs::hard_link(root.join("hello"), root.join("dir/again")).unwrap();
     symlink("../hello", root.join("dir/link")).unwrap();
     for p in ["", "data", "empty", "hello", "dir", "dir/link"] {
@@ -871,7 +627,7 @@ fn golden_tree(root: &Path) {
     set_mtime(root, G_ROOT.0, G_ROOT.1);
     // Nothing may leak in (ACLs, security labels).
     for p in ["", "data", "empty", "hello", "dir", "dir/link"] {
-        let x = common::xattrs_of(&root.join(p));
+        let x = kit::xattrs_of(&root.join(p));
         let names: Vec<&[u8]> = x.iter().map(|(n, _)| n.as_slice()).collect();
         let want: &[&[u8]] = if p == "hello" { &[b"user.test"] } else { &[] };
         assert_eq!(names, want, "unexpected xattrs on /{p}");
@@ -880,7 +636,7 @@ fn golden_tree(root: &Path) {
 
 /// Builds the golden fragment and exports its volume in a fresh lab.
 fn golden_export() -> (tempfile::TempDir, PathBuf) {
-    let lab = common::tempdir();
+    let lab = kit::tempdir();
     write_keys(lab.path(), "golden.key", &key(1));
     let tree = lab.path().join("tree");
     golden_tree(&tree);
@@ -889,7 +645,7 @@ fn golden_export() -> (tempfile::TempDir, PathBuf) {
         version: "1".into(),
         ..Default::default()
     };
-    common::build(&tree, &lab.path().join("golden.frag"), &key(1), &opts);
+    kit::build(&tree, &lab.path().join("golden.frag"), &key(1), &opts);
     let m = lab.path().join("volume.toml");
     fs::write(
         &m,
@@ -929,7 +685,7 @@ fn golden_dump(img: &Path) -> String {
         "ls -l /",
         "ls -l /dir",
     ] {
-        section(&format!("debugfs -R '{req}'"), debugfs(img, req));
+        section(&format!("debugfs -R '{req}'"), debugfs_text(img, req));
     }
     // Trailing blanks are noise in a committed file.
     out.lines()
@@ -939,77 +695,9 @@ fn golden_dump(img: &Path) -> String {
         + "\n"
 }
 
-fn golden_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
-}
-
-fn bless() -> bool {
-    std::env::var("MOSAIC_BLESS").is_ok_and(|v| v == "1")
-}
-
-/// blake3 of a whole image: its length is a multiple of 4096 and at least
-/// two blocks, so the root of its block chaining values is `blake3(bytes)`.
-fn blake3_hex(bytes: &[u8]) -> String {
-    assert!(bytes.len().is_multiple_of(4096) && bytes.len() >= 8192);
-    fragments::hash::root_from_cvs(&fragments::hash::cvs_of(bytes))
-        .expect("two or more blocks")
-        .to_hex()
-        .to_string()
-}
-
-/// A line diff (longest common subsequence): `-` wanted, `+` got, with
-/// line numbers of the wanted file.
-fn line_diff(want: &str, got: &str) -> String {
-    let (w, g): (Vec<&str>, Vec<&str>) = (want.lines().collect(), got.lines().collect());
-    let (n, m) = (w.len(), g.len());
-    let mut lcs = vec![vec![0u32; m + 1]; n + 1];
-    for i in (0..n).rev() {
-        for j in (0..m).rev() {
-            lcs[i][j] = if w[i] == g[j] {
-                lcs[i + 1][j + 1] + 1
-            } else {
-                lcs[i + 1][j].max(lcs[i][j + 1])
-            };
-        }
-    }
-    let (mut i, mut j, mut out) = (0, 0, String::new());
-    while i < n || j < m {
-        if i < n && j < m && w[i] == g[j] {
-            i += 1;
-            j += 1;
-        } else if i < n && (j == m || lcs[i + 1][j] >= lcs[i][j + 1]) {
-            out.push_str(&format!("{:5} - {}\n", i + 1, w[i]));
-            i += 1;
-        } else {
-            out.push_str(&format!("{:5} + {}\n", i + 1, g[j]));
-            j += 1;
-        }
-    }
-    out
-}
-
-fn compare_or_bless(name: &str, got: &str) {
-    let path = golden_dir().join(name);
-    if bless() {
-        fs::create_dir_all(golden_dir()).unwrap();
-        fs::write(&path, got).unwrap();
-        eprintln!("blessed {}", path.display());
-        return;
-    }
-    let want = fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; generate it with MOSAIC_BLESS=1 cargo test --test volume_export",
-            path.display()
-        )
-    });
-    assert!(
-        want == got,
-        "{} differs from the volume exported now (a generator change? if intended, \
-         bump GENERATOR_VERSION, re-bless with MOSAIC_BLESS=1 and review):\n{}",
-        path.display(),
-        line_diff(&want, got)
-    );
-}
+/// What a difference from the golden files means.
+const GOLDEN_WHAT: &str =
+    "the ext4 generator (a FORMAT BREAK: bump layout::ext4::GENERATOR_VERSION)";
 
 #[test]
 fn tiny_volume_matches_golden_dump_and_hash() {
@@ -1057,8 +745,12 @@ fn tiny_volume_matches_golden_dump_and_hash() {
     ] {
         assert!(d1.contains(needle), "dump lacks {needle:?}");
     }
-    compare_or_bless("volume.dump", &d1);
-    compare_or_bless("volume.blake3", &format!("{}\n", blake3_hex(&b1)));
+    compare_or_bless("volume.dump", &d1, GOLDEN_WHAT);
+    compare_or_bless(
+        "volume.blake3",
+        &format!("{}\n", blake3_hex(&b1)),
+        GOLDEN_WHAT,
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1071,8 +763,8 @@ fn tiny_volume_matches_golden_dump_and_hash() {
 fn free_space_is_what_the_manifest_asks_and_usable() {
     let lab = Lab::new();
     let t = lab.tree_dir("small");
-    file(&t.join("etc/hostname"), b"free\n", 0o644);
-    file(&t.join("usr/lib/blob"), &random_bytes(30, 300_000), 0o644);
+    write_file(&t.join("etc/hostname"), b"free\n", 0o644);
+    write_file(&t.join("usr/lib/blob"), &random_bytes(30, 300_000), 0o644);
     lab.build("small", &t, &[], &key(LAB_KEY));
     let m = lab.manifest(
         "volume.toml",
@@ -1158,7 +850,7 @@ fn free_space_is_what_the_manifest_asks_and_usable() {
 fn a_file_dated_in_the_future_does_not_date_the_superblock() {
     let lab = Lab::new();
     let t = lab.tree_dir("future");
-    file(&t.join("from-2096"), b"later\n", 0o644);
+    write_file(&t.join("from-2096"), b"later\n", 0o644);
     pin_times(&t, 1_500_000_000, &[]);
     set_mtime(&t.join("from-2096"), 4_000_000_000, 999_999_999);
     lab.build("future", &t, &[], &key(LAB_KEY));
@@ -1171,7 +863,7 @@ fn a_file_dated_in_the_future_does_not_date_the_superblock() {
     export_ok(&m, &img);
     assert_fsck_clean(&img);
     let mnt = Mount::new(&img, &lab.path().join("mnt"), true);
-    let s = common::stat_entry(&mnt.path().join("from-2096"));
+    let s = kit::stat_entry(&mnt.path().join("from-2096"));
     assert_eq!((s.mtime_sec, s.mtime_nsec), (4_000_000_000, 999_999_999));
     mnt.unmount();
 }
@@ -1182,7 +874,7 @@ fn a_file_dated_in_the_future_does_not_date_the_superblock() {
 /// Entries of a directory whose name starts with `.mosaic-export` (the
 /// export's temporary file).
 fn leftovers(dir: &Path) -> Vec<OsString> {
-    common::list_dir(dir)
+    kit::list_dir(dir)
         .into_iter()
         .filter(|n| n.as_bytes().starts_with(b".mosaic-export"))
         .collect()
@@ -1195,12 +887,12 @@ fn failed_exports_write_nothing() {
     for (name, files) in [("one", ["etc/x", "etc/one"]), ("two", ["etc/x", "etc/two"])] {
         let t = lab.tree_dir(name);
         for f in files {
-            file(&t.join(f), f.as_bytes(), 0o644);
+            write_file(&t.join(f), f.as_bytes(), 0o644);
         }
         lab.build(name, &t, &[], &k);
     }
     let t = lab.tree_dir("stranger");
-    file(&t.join("opt/s"), b"s", 0o644);
+    write_file(&t.join("opt/s"), b"s", 0o644);
     lab.build("stranger", &t, &[], &key(99));
 
     // A conflict: exit 1, the path and both fragments named, no image.
@@ -1270,23 +962,23 @@ fn directory_security_in_the_image_follows_ownership() {
     let k = key(LAB_KEY);
     // a owns /opt: 0750 5:6 with an xattr.
     let a = lab.tree_dir("a");
-    dir(&a.join("opt"), 0o750);
+    make_dir(&a.join("opt"), 0o750);
     lchown(&a.join("opt"), 5, 6);
     set_xattr(&a.join("opt"), b"user.policy", b"from-a");
-    file(&a.join("opt/a-file"), b"a\n", 0o644);
+    write_file(&a.join("opt/a-file"), b"a\n", 0o644);
     pin_times(&a, 1_300_000_000, &[]);
     lab.build("a", &a, &["/opt"], &k);
     // b passes /opt through (0777 99:99, no xattr) and brings /opt/x/y/f
     // with unowned directories of its own modes; it owns only /var.
     let b = lab.tree_dir("b");
-    dir(&b.join("opt/x/y"), 0o700);
+    make_dir(&b.join("opt/x/y"), 0o700);
     chmod(&b.join("opt"), 0o777);
     lchown(&b.join("opt"), 99, 99);
     chmod(&b.join("opt/x"), 0o777);
     lchown(&b.join("opt/x"), 42, 42);
-    file(&b.join("opt/x/y/f"), b"f\n", 0o600);
+    write_file(&b.join("opt/x/y/f"), b"f\n", 0o600);
     lchown(&b.join("opt/x/y/f"), 42, 43);
-    dir(&b.join("var/lib"), 0o711);
+    make_dir(&b.join("var/lib"), 0o711);
     chmod(&b.join("var"), 0o1777);
     pin_times(&b, 1_200_000_000, &[]);
     lab.build("b", &b, &["/var"], &k);
@@ -1296,7 +988,7 @@ fn directory_security_in_the_image_follows_ownership() {
     export_ok(&m, &img);
     assert_fsck_clean(&img);
     let mnt = Mount::new(&img, &lab.path().join("mnt"), true);
-    let st = |p: &str| common::stat_entry(&mnt.path().join(p));
+    let st = |p: &str| kit::stat_entry(&mnt.path().join(p));
     let policy = vec![(b"user.policy".to_vec(), b"from-a".to_vec())];
     for p in ["opt", "opt/x", "opt/x/y"] {
         let s = st(p);

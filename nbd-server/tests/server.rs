@@ -326,8 +326,8 @@ fn connection_limit_and_handshake_timeout() {
 #[test]
 fn socket_activation_with_nbdinfo() {
     let exe = std::env::current_exe().expect("test binary path");
-    let out = std::process::Command::new("nbdinfo")
-        .args(["--size", "--"])
+    let mut nbdinfo = testkit::tool_cmd("nbdinfo", ["--size", "--"]);
+    nbdinfo
         .arg("[")
         .arg(&exe)
         .args([
@@ -337,13 +337,12 @@ fn socket_activation_with_nbdinfo() {
             "--test-threads=1",
         ])
         .arg("]")
-        .env("NBD_SERVER_TEST_ACTIVATED", "1")
-        .output()
-        .expect("nbdinfo must be installed (apt-get install libnbd-bin)");
+        .env("NBD_SERVER_TEST_ACTIVATED", "1");
+    let out = testkit::output_within(nbdinfo, testkit::TOOL_DEADLINE);
     assert!(
         out.status.success(),
-        "nbdinfo failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        "nbdinfo failed:\n{}",
+        testkit::text(&out)
     );
     // The child (this harness) shares nbdinfo's stdout: the size comes last.
     let stdout = String::from_utf8_lossy(&out.stdout);

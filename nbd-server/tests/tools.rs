@@ -4,33 +4,10 @@
 
 mod common;
 
-use std::process::{Command, Output};
 use std::sync::Arc;
 
 use common::*;
 use nbd_server::{ExportConfig, MemoryExport};
-
-fn run(program: &str, args: &[&str], package: &str) -> Output {
-    Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program} ({e}): install {package}"))
-}
-
-fn run_ok(program: &str, args: &[&str], package: &str) -> String {
-    let out = run(program, args, package);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-fn uri(srv: &TestServer, export: &str) -> String {
-    format!("nbd+unix:///{export}?socket={}", srv.socket.display())
-}
 
 /// "data": 256 KiB of data then 768 KiB of holes then 64 KiB of data;
 /// "ro": read-only; "bad": reads of 4 KiB at 64 KiB fail.
@@ -57,7 +34,7 @@ fn nbdinfo_sees_exports_flags_and_map() {
     let (_, configs) = exports();
     let srv = TestServer::start(configs);
 
-    let json = run_ok("nbdinfo", &["--json", &uri(&srv, "data")], "libnbd-bin");
+    let json = tool_ok("nbdinfo", ["--json", &srv.uri("data")]);
     let v: serde_json::Value = serde_json::from_str(&json).expect("nbdinfo JSON");
     assert_eq!(v["protocol"], "newstyle-fixed");
     assert_eq!(v["structured"], true);
@@ -83,15 +60,15 @@ fn nbdinfo_sees_exports_flags_and_map() {
     assert_eq!(e["block_size_maximum"], 32 * 1024 * 1024);
     assert_eq!(e["contexts"][0], "base:allocation");
 
-    let json = run_ok("nbdinfo", &["--json", &uri(&srv, "ro")], "libnbd-bin");
+    let json = tool_ok("nbdinfo", ["--json", &srv.uri("ro")]);
     let v: serde_json::Value = serde_json::from_str(&json).expect("nbdinfo JSON");
     assert_eq!(v["exports"][0]["is_read_only"], true);
 
     // The default export (no name) is the first one.
-    let size = run_ok("nbdinfo", &["--size", &srv.uri()], "libnbd-bin");
+    let size = tool_ok("nbdinfo", ["--size", &srv.uri("")]);
     assert_eq!(size.trim(), (1088 * 1024).to_string());
 
-    let list = run_ok("nbdinfo", &["--list", "--json", &srv.uri()], "libnbd-bin");
+    let list = tool_ok("nbdinfo", ["--list", "--json", &srv.uri("")]);
     let v: serde_json::Value = serde_json::from_str(&list).expect("nbdinfo JSON");
     let names: Vec<&str> = v["exports"]
         .as_array()
@@ -101,7 +78,7 @@ fn nbdinfo_sees_exports_flags_and_map() {
         .collect();
     assert_eq!(names, ["data", "ro", "bad"]);
 
-    let map = run_ok("nbdinfo", &["--map", &uri(&srv, "data")], "libnbd-bin");
+    let map = tool_ok("nbdinfo", ["--map", &srv.uri("data")]);
     let rows: Vec<Vec<&str>> = map
         .lines()
         .map(|l| l.split_whitespace().collect())
@@ -121,10 +98,10 @@ fn nbdinfo_sees_exports_flags_and_map() {
 fn qemu_io_writes_and_reads_patterns() {
     let (data, configs) = exports();
     let srv = TestServer::start(configs);
-    let target = uri(&srv, "data");
-    let out = run_ok(
+    let target = srv.uri("data");
+    let out = tool_ok(
         "qemu-io",
-        &[
+        [
             "-f",
             "raw",
             "-c",
@@ -143,7 +120,6 @@ fn qemu_io_writes_and_reads_patterns() {
             "flush",
             &target,
         ],
-        "qemu-utils",
     );
     assert!(!out.contains("verification failed"), "{out}");
     let content = data.to_vec();
@@ -153,38 +129,27 @@ fn qemu_io_writes_and_reads_patterns() {
     assert!(content[..64 * 1024].iter().all(|&b| b == 0));
 
     // A failing read surfaces as an I/O error in the client.
-    let out = run(
+    let out = tool(
         "qemu-io",
-        &["-f", "raw", "-c", "read 60k 8k", &uri(&srv, "bad")],
-        "qemu-utils",
+        ["-f", "raw", "-c", "read 60k 8k", &srv.uri("bad")],
     );
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(text.contains("Input/output error"), "{text}");
+    let printed = text(&out);
+    assert!(printed.contains("Input/output error"), "{printed}");
     // The read-only export: qemu sees NBD_FLAG_READ_ONLY and will not open
     // it for writing; read-only it reads fine.
-    let out = run(
-        "qemu-io",
-        &["-f", "raw", "-c", "write 0 4k", &uri(&srv, "ro")],
-        "qemu-utils",
-    );
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!out.status.success() || text.contains("error"), "{text}");
+    let out = tool("qemu-io", ["-f", "raw", "-c", "write 0 4k", &srv.uri("ro")]);
+    let printed = text(&out);
     assert!(
-        text.contains("Permission denied") || text.contains("read-only"),
-        "{text}"
+        !out.status.success() || printed.contains("error"),
+        "{printed}"
     );
-    let out = run_ok(
+    assert!(
+        printed.contains("Permission denied") || printed.contains("read-only"),
+        "{printed}"
+    );
+    let out = tool_ok(
         "qemu-io",
-        &["-r", "-f", "raw", "-c", "read 0 64k", &uri(&srv, "ro")],
-        "qemu-utils",
+        ["-r", "-f", "raw", "-c", "read 0 64k", &srv.uri("ro")],
     );
     assert!(out.contains("read 65536/65536 bytes"), "{out}");
     srv.stop().expect("clean stop");
@@ -199,19 +164,14 @@ fn nbdcopy_round_trip_over_several_connections() {
     let mut content = pattern(8 << 20, 77);
     content[1 << 20..3 << 20].fill(0);
     std::fs::write(&src, &content).expect("write source");
-    let to = uri(&srv, "t");
-    run_ok(
+    let to = srv.uri("t");
+    tool_ok(
         "nbdcopy",
-        &["--flush", "-C", "4", src.to_str().expect("utf8"), &to],
-        "libnbd-bin",
+        ["--flush", "-C", "4", src.to_str().expect("utf8"), &to],
     );
     assert!(target.to_vec() == content, "nbdcopy to the server");
     let back = dir.path().join("back.raw");
-    run_ok(
-        "nbdcopy",
-        &["-C", "4", &to, back.to_str().expect("utf8")],
-        "libnbd-bin",
-    );
+    tool_ok("nbdcopy", ["-C", "4", &to, back.to_str().expect("utf8")]);
     assert!(
         std::fs::read(&back).expect("read back") == content,
         "nbdcopy from the server"
@@ -223,12 +183,12 @@ fn nbdcopy_round_trip_over_several_connections() {
 fn fio_random_writes_verify() {
     let target = Arc::new(MemoryExport::new(16 << 20));
     let srv = TestServer::start(vec![ExportConfig::new("f", target)]);
-    let out = run_ok(
+    let out = tool_ok(
         "fio",
-        &[
+        [
             "--name=verify",
             "--ioengine=nbd",
-            &format!("--uri={}", uri(&srv, "f")),
+            &format!("--uri={}", srv.uri("f")),
             "--rw=randwrite",
             "--bsrange=512-256k",
             "--iodepth=16",
@@ -238,7 +198,6 @@ fn fio_random_writes_verify() {
             "--verify_state_save=0",
             "--output-format=json",
         ],
-        "fio",
     );
     let json_start = out.find('{').expect("fio JSON");
     let v: serde_json::Value = serde_json::from_str(&out[json_start..]).expect("fio JSON");

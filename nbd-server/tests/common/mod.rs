@@ -1,6 +1,9 @@
-//! Shared test harness: a server on its own tokio runtime on a temporary
-//! Unix socket, exports for the tests, and a tiny blocking NBD client that
-//! speaks raw bytes so the tests can check every field.
+//! The protocol tests' own harness: a server on its own tokio runtime on a
+//! temporary Unix socket, exports for the tests, and a tiny blocking NBD
+//! client that speaks raw bytes so the tests can check every field. What
+//! is not about this crate's server (tools with deadlines, NBD URIs,
+//! deterministic bytes) comes from the workspace's `testkit`, re-exported
+//! here.
 
 #![allow(dead_code)]
 
@@ -10,13 +13,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
+pub use testkit::*;
+
 use nbd_server::proto::*;
 use nbd_server::{
     Errno, Error, Export, ExportConfig, ExportError, Extent, Listen, MemoryExport, Server,
     ServerConfig,
 };
-
-pub const KIB: u64 = 1024;
 
 /// A running server; `stop()` shuts it down and returns `run()`'s result.
 pub struct TestServer {
@@ -85,8 +88,9 @@ impl TestServer {
         self.rt.block_on(task).expect("run() does not panic")
     }
 
-    pub fn uri(&self) -> String {
-        format!("nbd+unix:///?socket={}", self.socket.display())
+    /// `nbd+unix:///EXPORT?socket=...` on this server.
+    pub fn uri(&self, export: &str) -> String {
+        testkit::uri(&self.socket, export)
     }
 
     pub fn connect(&self) -> Raw {
@@ -116,12 +120,6 @@ pub fn two_exports() -> (Arc<MemoryExport>, Arc<MemoryExport>, Vec<ExportConfig>
         },
     ];
     (first, second, exports)
-}
-
-pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1)
-        .collect()
 }
 
 /// An export that blocks reads until released, and counts flushes: for

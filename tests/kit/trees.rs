@@ -1,35 +1,18 @@
-//! Helpers shared by the integration tests of the `mosaic` package.
-//!
-//! Include with `mod common;` from a file in `tests/`. Not every test file
-//! uses every helper, hence the `dead_code` allowance.
-//!
-//! What is here:
-//! - temporary directories ([`tempdir`]) and deterministic keys ([`key`],
-//!   [`write_keys`]);
-//! - building and opening fragments through the library ([`build`],
-//!   [`open`], [`read_all`]);
-//! - running the `mosaic` binary ([`mosaic`], [`mosaic_ok`], [`mosaic_code`]);
-//! - making special entries in a source tree ([`set_mtime`], [`mknod`],
-//!   [`vfs_cap_v2`], [`posix_acl`]);
-//! - snapshotting and comparing two trees ([`snapshot`],
-//!   [`tree_differences`], [`assert_same_tree`]).
-#![allow(dead_code)]
+//! Source trees: temporary directories, entries with exact modes, owners,
+//! times, device numbers, xattrs and ACLs; snapshots and comparison of
+//! two trees.
 
-use fragments::{BuildOptions, BuildReport, Fragment, SigningKey, Trust};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::Read;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use testkit::tool_output_ok;
 
-// ---------------------------------------------------------------------------
-// Temporary directories and keys
-
-/// A fresh temporary directory under the system temp dir (ext4 /tmp here),
-/// removed when dropped.
+/// A fresh temporary directory under the system temp dir (ext4 /tmp here,
+/// not tmpfs), removed when dropped.
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("mosaic-test-")
@@ -37,136 +20,42 @@ pub fn tempdir() -> tempfile::TempDir {
         .expect("create a temporary directory")
 }
 
-/// A deterministic test signing key: the secret is `[n; 32]`.
-pub fn key(n: u8) -> SigningKey {
-    SigningKey::from_bytes(&[n; 32])
-}
-
-/// Writes `key` as `dir/NAME` (PKCS#8 PEM) and `dir/NAME.pub` (SPKI PEM),
-/// the files the CLI reads; returns (secret path, public path).
-pub fn write_keys(dir: &Path, name: &str, key: &SigningKey) -> (PathBuf, PathBuf) {
-    let secret = dir.join(name);
-    fragments::keys::write_keypair(&secret, key, true).expect("write key pair");
-    let public = fragments::keys::pub_path(&secret);
-    (secret, public)
-}
-
-// ---------------------------------------------------------------------------
-// Fragments through the library
-
-/// Default build options with the given small-file threshold and zstd level.
-pub fn options(small_threshold: u64, zstd_level: Option<i32>) -> BuildOptions {
-    BuildOptions {
-        small_threshold,
-        zstd_level,
-        ..BuildOptions::default()
+/// Writes a file (creating parents) and sets its permission bits exactly
+/// (the umask does not apply).
+#[track_caller]
+pub fn write_file(path: &Path, bytes: &[u8], mode: u32) {
+    if let Some(p) = path.parent() {
+        fs::create_dir_all(p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
     }
+    fs::write(path, bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    chmod(path, mode);
 }
 
-/// Builds `src` into `out` with `key`, panicking with the error on failure.
-pub fn build(src: &Path, out: &Path, key: &SigningKey, opts: &BuildOptions) -> BuildReport {
-    fragments::build(src, out, key, opts, &fragments::NoProgress)
-        .unwrap_or_else(|e| panic!("build {} -> {}: {e:#}", src.display(), out.display()))
+/// Creates a directory (and parents) and sets its permission bits exactly.
+#[track_caller]
+pub fn make_dir(path: &Path, mode: u32) {
+    fs::create_dir_all(path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+    chmod(path, mode);
 }
 
-/// Opens `path` trusting only `key`.
-pub fn open(path: &Path, key: &SigningKey) -> Fragment {
-    let trusted = [key.verifying_key()];
-    Fragment::open(path, Trust::Keys(&trusted))
-        .unwrap_or_else(|e| panic!("open {}: {e:#}", path.display()))
-}
-
-/// The whole content of regular file `ino`, read through `read_file` in
-/// pieces of `piece` bytes (any size ≥ 1, to exercise odd boundaries).
-pub fn read_all(frag: &Fragment, ino: u32, piece: usize) -> Vec<u8> {
-    let size = frag.metadata().inode(ino).size();
-    let mut out = Vec::with_capacity(size as usize);
-    let mut buf = vec![0u8; piece.max(1)];
-    loop {
-        let n = frag
-            .read_file(ino, out.len() as u64, &mut buf)
-            .unwrap_or_else(|e| panic!("read_file inode {ino} at {}: {e:#}", out.len()));
-        if n == 0 {
-            break;
+/// Every path under `root` (root included, symlinks not followed),
+/// children before parents, so that setting times in this order leaves
+/// every one as set.
+pub fn all_paths(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(p) = stack.pop() {
+        let md = fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("lstat {}: {e}", p.display()));
+        if md.is_dir() {
+            for name in list_dir(&p) {
+                stack.push(p.join(name));
+            }
         }
-        out.extend_from_slice(&buf[..n]);
+        out.push(p);
     }
-    assert_eq!(out.len() as u64, size, "inode {ino}: bytes read vs size");
+    out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     out
 }
-
-// ---------------------------------------------------------------------------
-// The `mosaic` binary
-
-/// Path of the `mosaic` binary cargo built for these tests.
-pub fn mosaic_bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_mosaic"))
-}
-
-/// A `Command` for `mosaic ARGS...` with a clean environment for logging and
-/// reproducibility (no RUST_LOG, no SOURCE_DATE_EPOCH).
-pub fn mosaic_cmd<I, S>(args: I) -> Command
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    let mut c = Command::new(mosaic_bin());
-    c.args(args)
-        .env_remove("RUST_LOG")
-        .env_remove("SOURCE_DATE_EPOCH");
-    c
-}
-
-/// Runs `mosaic ARGS...` and returns its output, whatever the exit status.
-pub fn mosaic<I, S>(args: I) -> Output
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    mosaic_cmd(args).output().expect("run the mosaic binary")
-}
-
-/// Runs `mosaic ARGS...`, panicking (with stderr) unless it exits 0.
-pub fn mosaic_ok<I, S>(args: I) -> Output
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-    let out = mosaic(&args);
-    assert!(
-        out.status.success(),
-        "mosaic {:?} failed ({}):\nstdout: {}\nstderr: {}",
-        args,
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// The exit code of an output (panics if killed by a signal).
-pub fn code(out: &Output) -> i32 {
-    out.status
-        .code()
-        .unwrap_or_else(|| panic!("killed by a signal: {:?}", out.status))
-}
-
-/// Runs `mosaic ARGS...` and returns (exit code, stderr as text).
-pub fn mosaic_code<I, S>(args: I) -> (i32, String)
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    let out = mosaic(args);
-    (
-        code(&out),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-// ---------------------------------------------------------------------------
-// Making source trees
 
 /// Sets atime and mtime of `path` without following a symlink.
 pub fn set_mtime(path: &Path, sec: i64, nsec: u32) {
@@ -185,7 +74,6 @@ pub fn lchown(path: &Path, uid: u32, gid: u32) {
 
 /// `chmod` (follows symlinks: do not call on one).
 pub fn chmod(path: &Path, perm: u32) {
-    use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(path, fs::Permissions::from_mode(perm))
         .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
 }
@@ -281,26 +169,6 @@ pub fn extended_acl(
     posix_acl(&e)
 }
 
-/// Deterministic pseudo-random bytes (splitmix64) for file contents.
-pub fn fill_bytes(seed: u64, buf: &mut [u8]) {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
-    for chunk in buf.chunks_mut(8) {
-        s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = s;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
-    }
-}
-
-/// `n` deterministic pseudo-random bytes.
-pub fn random_bytes(seed: u64, n: usize) -> Vec<u8> {
-    let mut v = vec![0u8; n];
-    fill_bytes(seed, &mut v);
-    v
-}
-
 /// Entry names of a directory, sorted by bytes.
 pub fn list_dir(dir: &Path) -> Vec<OsString> {
     let mut v: Vec<OsString> = fs::read_dir(dir)
@@ -311,20 +179,10 @@ pub fn list_dir(dir: &Path) -> Vec<OsString> {
     v
 }
 
-/// `cp -a SRC DST` (panics on failure).
+/// `cp -a SRC DST`, which must succeed.
+#[track_caller]
 pub fn cp_a(src: &Path, dst: &Path) {
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(src)
-        .arg(dst)
-        .status()
-        .expect("run cp");
-    assert!(
-        st.success(),
-        "cp -a {} {}: {st}",
-        src.display(),
-        dst.display()
-    );
+    tool_output_ok("cp", [OsStr::new("-a"), src.as_os_str(), dst.as_os_str()]);
 }
 
 // ---------------------------------------------------------------------------

@@ -1,61 +1,18 @@
-//! Helpers for the update tests: three revisions of one tree (base B,
-//! intermediate N, target R) covering every kind of change, fragments built
-//! through the library, the CLI, and byte flips at named places of
+//! The update tests' material: three revisions of one tree (base B,
+//! intermediate N, target R) covering every kind of change, their
+//! fragments built through the library, and byte flips at named places of
 //! fragments, reverse-differential files and packages.
-#![allow(dead_code)]
 
+use super::{all_paths, set_mtime, write_file};
 use fragments::{BuildOptions, Fragment, SigningKey, Trust};
 use std::fs;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use testkit::{noise, word_text};
 
-pub fn key(n: u8) -> SigningKey {
-    SigningKey::from_bytes(&[n; 32])
-}
-
-/// Writes KEY and KEY.pub in `dir`; returns their paths.
-pub fn write_keys(dir: &Path, name: &str, k: &SigningKey) -> (PathBuf, PathBuf) {
-    let secret = dir.join(name);
-    fragments::keys::write_keypair(&secret, k, true).expect("write keys");
-    let public = fragments::keys::pub_path(&secret);
-    (secret, public)
-}
-
-/// Deterministic bytes.
-pub fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-/// Text-like bytes (compressible, like source files).
-pub fn text(seed: u64, len: usize) -> Vec<u8> {
-    let words = [
-        "alpha ", "beta ", "gamma ", "delta\n", "epsilon ", "zeta ", "eta\n",
-    ];
-    let n = noise(seed, len);
-    let mut out = Vec::with_capacity(len + 8);
-    let mut i = 0;
-    while out.len() < len {
-        out.extend_from_slice(words[n[i % n.len()] as usize % words.len()].as_bytes());
-        i += 1;
-    }
-    out.truncate(len);
-    out
-}
-
+/// `root/REL` with exact contents and permission bits.
 fn put(root: &Path, rel: &str, bytes: &[u8], mode: u32) {
-    let p = root.join(rel);
-    fs::create_dir_all(p.parent().unwrap()).unwrap();
-    fs::write(&p, bytes).unwrap();
-    fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+    write_file(&root.join(rel), bytes, mode);
 }
 
 /// Edits `base` at a few places (a rebuilt binary: mostly the same bytes).
@@ -86,35 +43,11 @@ fn sparse(root: &Path, rel: &str, a: &[u8], b: &[u8]) {
     f.write_all_at(b, 512 << 10).unwrap();
 }
 
-fn mtimes(root: &Path) {
-    for e in walk(root) {
-        set_mtime(&e, 1_600_000_000).unwrap();
+/// Sets every entry's mtime to `sec` (nanoseconds 0).
+fn mtimes(root: &Path, sec: i64) {
+    for p in all_paths(root) {
+        set_mtime(&p, sec, 0);
     }
-}
-
-fn walk(root: &Path) -> Vec<PathBuf> {
-    let mut out = vec![root.to_owned()];
-    let mut i = 0;
-    while i < out.len() {
-        let p = out[i].clone();
-        if fs::symlink_metadata(&p).unwrap().is_dir() {
-            let mut kids: Vec<PathBuf> = fs::read_dir(&p)
-                .unwrap()
-                .map(|e| e.unwrap().path())
-                .collect();
-            kids.sort();
-            out.extend(kids);
-        }
-        i += 1;
-    }
-    out
-}
-
-fn set_mtime(p: &Path, sec: i64) -> nix::Result<()> {
-    use nix::sys::stat::{utimensat, UtimensatFlags};
-    use nix::sys::time::TimeSpec;
-    let t = TimeSpec::new(sec, 0);
-    utimensat(None, p, &t, &t, UtimensatFlags::NoFollowSymlink)
 }
 
 /// The three trees. What changes, B -> N -> R:
@@ -140,9 +73,9 @@ pub fn make_trees(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let big = noise(1, 2 << 20);
     let tool = noise(2, 300 << 10);
     let lib = noise(3, 200 << 10);
-    let conf = text(4, 700);
-    let readme = text(5, 40 << 10);
-    let dup = text(6, 5000);
+    let conf = word_text(4, 700);
+    let readme = word_text(5, 40 << 10);
+    let dup = word_text(6, 5000);
     for (root, rev) in [(&b, 0), (&n, 1), (&r, 2)] {
         fs::create_dir_all(root).unwrap();
         let big_v = match rev {
@@ -183,7 +116,7 @@ pub fn make_trees(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         )
         .unwrap();
         put(root, "etc/same", b"unchanged small file\n", 0o644);
-        put(root, "etc/same-too", &text(7, 3000), 0o644);
+        put(root, "etc/same-too", &word_text(7, 3000), 0o644);
         put(
             root,
             "etc/mode-only",
@@ -201,7 +134,7 @@ pub fn make_trees(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
             0o644,
         );
         if rev == 0 {
-            put(root, "old/gone", &text(8, 9000), 0o644);
+            put(root, "old/gone", &word_text(8, 9000), 0o644);
         }
         let s2 = if rev == 2 {
             edited(&noise(9, 8192), 50)
@@ -218,15 +151,15 @@ pub fn make_trees(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         )
         .unwrap();
         if rev == 1 {
-            put(root, "var/new", &text(11, 20000), 0o644);
+            put(root, "var/new", &word_text(11, 20000), 0o644);
         }
         if rev == 2 {
             put(root, "new/added", &noise(12, 600 << 10), 0o644);
             put(root, "new/small", b"a small new file\n", 0o644);
         }
-        mtimes(root);
+        mtimes(root, 1_600_000_000);
         if rev == 2 {
-            set_mtime(&root.join("etc/mode-only"), 1_700_000_000).unwrap();
+            set_mtime(&root.join("etc/mode-only"), 1_700_000_000, 0);
         }
     }
     (b, n, r)
@@ -256,46 +189,6 @@ pub fn build_all(
         out.push(p);
     }
     (out[0].clone(), out[1].clone(), out[2].clone())
-}
-
-pub fn mosaic<I, S>(args: I) -> Output
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<std::ffi::OsStr>,
-{
-    Command::new(env!("CARGO_BIN_EXE_mosaic"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run mosaic")
-}
-
-pub fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
-
-pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-pub fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// Runs mosaic and asserts the exit code, printing stderr when it differs.
-pub fn expect(args: &[&dyn AsRef<std::ffi::OsStr>], want: i32) -> Output {
-    let o = mosaic(args.iter().map(|a| a.as_ref()));
-    assert_eq!(
-        code(&o),
-        want,
-        "mosaic {:?}\nstdout: {}\nstderr: {}",
-        args.iter()
-            .map(|a| a.as_ref().to_owned())
-            .collect::<Vec<_>>(),
-        stdout(&o),
-        stderr(&o)
-    );
-    o
 }
 
 pub fn flip(path: &Path, at: u64) {
