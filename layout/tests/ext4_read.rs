@@ -16,7 +16,7 @@
 //!
 //! Needs root (loop mounts), e2fsprogs, attr and acl (setfattr, setfacl).
 
-use layout::ext4::read::{Ext4, ReadError};
+use layout::ext4::read::{Ext4, Options, ReadError};
 use layout::ext4::{export, Ext4Options, Image};
 use std::collections::BTreeMap;
 use std::fs;
@@ -924,7 +924,11 @@ fn refused_features_and_states() {
 /// Opens and walks everything (reading every file up to a cap): Ok(paths)
 /// or the first error. Never panics if the reader is right.
 fn read_everything(img: &[u8]) -> Result<usize, ReadError> {
-    let fs = Ext4::open(img)?;
+    read_everything_with(img, Options::default())
+}
+
+fn read_everything_with(img: &[u8], opts: Options) -> Result<usize, ReadError> {
+    let fs = Ext4::open_with(img, opts)?;
     let mut n = 0;
     let mut buf = vec![0u8; 1 << 16];
     for e in fs.walk() {
@@ -1065,10 +1069,11 @@ fn structures(img: &[u8]) -> Vec<(String, usize, usize, bool)> {
 
 /// Flips `samples` bytes spread over each structure (xor 0x01, 0x80,
 /// 0xFF, set to 0): never a panic or a hang; with checksums, an error.
-fn flip_structures(img: Vec<u8>, checksummed: bool, samples: usize) -> usize {
+fn flip_structures(img: Vec<u8>, checksummed: bool, samples: usize) -> (usize, usize) {
     let img = Arc::new(img);
     let baseline = read_everything(&img).expect("the intact image reads");
     let mut tried = 0;
+    let mut unverified_ok = 0;
     for (name, start, len, covered) in structures(&img) {
         let step = (len / samples).max(1);
         for (k, off) in (start..start + len).step_by(step).enumerate() {
@@ -1086,10 +1091,24 @@ fn flip_structures(img: Vec<u8>, checksummed: bool, samples: usize) -> usize {
             tried += 1;
             let what = format!("{name}: byte {} (image byte {off}) op {op}", off - start);
             let what2 = what.clone();
-            let r = bounded(Duration::from_secs(20), move || {
-                std::panic::catch_unwind(|| read_everything(&b))
-                    .unwrap_or_else(|_| panic!("{what2}: panicked"))
+            let (r, unverified) = bounded(Duration::from_secs(20), move || {
+                std::panic::catch_unwind(|| {
+                    let unverified = read_everything_with(
+                        &b,
+                        Options {
+                            verify_checksums: false,
+                        },
+                    );
+                    (read_everything(&b), unverified)
+                })
+                .unwrap_or_else(|_| panic!("{what2}: panicked"))
             });
+            // Checksums off, a flip that only broke a checksum reads as
+            // the intact image did.
+            if let (Err(ReadError::Checksum { .. }), Ok(n)) = (&r, &unverified) {
+                unverified_ok += 1;
+                assert!(*n <= baseline + 1, "{what}: {n} paths");
+            }
             // With checksums: an error, or (bytes no checksum covers,
             // such as unused htree index slots) the same tree.
             if checksummed {
@@ -1101,22 +1120,26 @@ fn flip_structures(img: Vec<u8>, checksummed: bool, samples: usize) -> usize {
             }
         }
     }
-    tried
+    (tried, unverified_ok)
 }
 
 #[test]
 fn flipped_metadata_bytes_are_errors_with_checksums() {
     let t = tempfile::tempdir().unwrap();
     let img = corruption_image(t.path(), "");
-    let tried = flip_structures(img, true, 96);
+    let (tried, unverified_ok) = flip_structures(img, true, 96);
     assert!(tried > 500, "{tried} flips");
+    assert!(
+        unverified_ok > 50,
+        "{unverified_ok} flips read with checksums ignored"
+    );
 }
 
 #[test]
 fn flipped_metadata_bytes_never_panic_without_checksums() {
     let t = tempfile::tempdir().unwrap();
     let img = corruption_image(t.path(), "^metadata_csum");
-    let tried = flip_structures(img.clone(), false, 256);
+    let (tried, _) = flip_structures(img.clone(), false, 256);
     assert!(tried > 1000, "{tried} flips");
     // And random bytes anywhere in the first 64 blocks (all the metadata
     // of this image), a few at a time.

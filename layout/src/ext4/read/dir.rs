@@ -5,7 +5,7 @@
 //! number); "." and ".." must come first and appear nowhere else; a name
 //! appearing twice is an error.
 
-use super::error::{BlockKind, ReadError, Result, Where};
+use super::error::{check_csum, BlockKind, ReadError, Result, Where};
 use super::inode::{kind_name, Inode};
 use super::le::{le16, le32};
 use super::source::ReadAt;
@@ -214,13 +214,12 @@ impl<R: ReadAt> Ext4<R> {
             }
             let stored = le32(b, t + 8);
             let computed = crc(seed, &b[..t]);
-            if stored != computed {
-                return Err(ReadError::Checksum {
-                    at: Where::block(ino, BlockKind::Directory, pblk),
-                    stored,
-                    computed,
-                });
-            }
+            check_csum(
+                self.verify,
+                Where::block(ino, BlockKind::Directory, pblk),
+                stored,
+                computed,
+            )?;
             t
         } else {
             bs
@@ -459,13 +458,12 @@ impl<R: ReadAt> Ext4<R> {
             let stored = le32(b, t + 4);
             let c = crc(crc(seed, &b[..co + count * 8]), &b[t..t + 4]);
             let computed = crc(c, &[0; 4]);
-            if stored != computed {
-                return Err(ReadError::Checksum {
-                    at: Where::block(ino, BlockKind::Directory, pblk),
-                    stored,
-                    computed,
-                });
-            }
+            check_csum(
+                self.verify,
+                Where::block(ino, BlockKind::Directory, pblk),
+                stored,
+                computed,
+            )?;
         }
         Ok(())
     }

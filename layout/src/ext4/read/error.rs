@@ -167,3 +167,16 @@ impl ReadError {
 }
 
 pub type Result<T, E = ReadError> = std::result::Result<T, E>;
+
+/// A checksum mismatch is an error, unless the caller opened the image
+/// with checksums ignored.
+pub(crate) fn check_csum(verify: bool, at: Where, stored: u32, computed: u32) -> Result<()> {
+    if verify && stored != computed {
+        return Err(ReadError::Checksum {
+            at,
+            stored,
+            computed,
+        });
+    }
+    Ok(())
+}

@@ -3,7 +3,7 @@
 //! block used once), or the old direct/indirect block map; then file
 //! bytes through the map, holes and unwritten extents reading as zeros.
 
-use super::error::{BlockKind, ReadError, Result, Where};
+use super::error::{check_csum, BlockKind, ReadError, Result, Where};
 use super::inode::Inode;
 use super::le::{le16, le32};
 use super::source::ReadAt;
@@ -143,13 +143,12 @@ impl<R: ReadAt> Ext4<R> {
             }
             let stored = le32(node, t);
             let computed = crc(seed, &node[..t]);
-            if stored != computed {
-                return Err(ReadError::Checksum {
-                    at: Where::block(ino, BlockKind::ExtentTree, b),
-                    stored,
-                    computed,
-                });
-            }
+            check_csum(
+                self.verify,
+                Where::block(ino, BlockKind::ExtentTree, b),
+                stored,
+                computed,
+            )?;
         }
         let mut next_free = lo; // first logical block the next entry may use
         for k in 0..entries {

@@ -3,7 +3,7 @@
 //! what inode lookups need is kept: the inode table's place and how much
 //! of it is initialized.
 
-use super::error::{ReadError, Result, Where};
+use super::error::{check_csum, ReadError, Result, Where};
 use super::le::{le16, le32};
 use super::superblock::Superblock;
 use crate::ext4::disk::{crc, BG_INODE_UNINIT};
@@ -19,21 +19,16 @@ pub struct Group {
 }
 
 impl Group {
-    /// Decodes descriptor `g` (`d` is `s_desc_size` bytes).
-    pub fn decode(sb: &Superblock, g: u32, d: &[u8]) -> Result<Group> {
+    /// Decodes descriptor `g` (`d` is `s_desc_size` bytes), verifying its
+    /// checksum when `verify`.
+    pub fn decode(sb: &Superblock, g: u32, d: &[u8], verify: bool) -> Result<Group> {
         let at = || Where::Group(g);
         if let Some(seed) = sb.csum_seed {
             let stored = le16(d, 0x1E) as u32;
             let c = crc(crc(seed, &g.to_le_bytes()), &d[..0x1E]);
             let c = crc(crc(c, &[0, 0]), &d[0x20..]);
             let computed = c & 0xFFFF;
-            if stored != computed {
-                return Err(ReadError::Checksum {
-                    at: at(),
-                    stored,
-                    computed,
-                });
-            }
+            check_csum(verify, at(), stored, computed)?;
         }
         let wide = d.len() >= 64;
         let mut inode_table = le32(d, 0x8) as u64;

@@ -1,7 +1,7 @@
 //! Inode records: located through the group table, checked (checksum,
 //! extra size, flags this reader cannot honour), decoded into [`Inode`].
 
-use super::error::{ReadError, Result, Where};
+use super::error::{check_csum, ReadError, Result, Where};
 use super::le::{le16, le32};
 use super::source::ReadAt;
 use super::superblock::Superblock;
@@ -198,13 +198,7 @@ impl<R: ReadAt> Ext4<R> {
             if !has_hi {
                 computed &= 0xFFFF;
             }
-            if stored != computed {
-                return Err(ReadError::Checksum {
-                    at: at(),
-                    stored,
-                    computed,
-                });
-            }
+            check_csum(self.verify, at(), stored, computed)?;
         }
         let mode = le16(&b, 0x0);
         let kind = kind_of(mode).ok_or_else(|| {

@@ -56,20 +56,44 @@ pub use xattr::acl_from_disk;
 use group::Group;
 use superblock::{SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
 
+/// How to open an image.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Verify metadata_csum checksums (the default). Off, mismatches are
+    /// ignored and everything else is checked as usual: for looking at
+    /// damaged images, and for fuzzing the parsers behind the checksums.
+    pub verify_checksums: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            verify_checksums: true,
+        }
+    }
+}
+
 /// An opened ext4 filesystem over a source of bytes. All reads take
 /// `&self`; nothing is cached but the superblock and group table.
 pub struct Ext4<R: ReadAt> {
     src: R,
     sb: Superblock,
     groups: Vec<Group>,
+    verify: bool,
 }
 
 impl<R: ReadAt> Ext4<R> {
     /// Reads and checks the superblock and every group descriptor.
     pub fn open(src: R) -> Result<Ext4<R>> {
+        Self::open_with(src, Options::default())
+    }
+
+    /// `open` with options.
+    pub fn open_with(src: R, opts: Options) -> Result<Ext4<R>> {
+        let verify = opts.verify_checksums;
         let mut b = [0u8; SUPERBLOCK_SIZE];
         read_exact(&src, SUPERBLOCK_OFFSET, &mut b)?;
-        let sb = Superblock::decode(&b)?;
+        let sb = Superblock::decode(&b, verify)?;
         let bs = sb.block_size as usize;
         let ds = sb.desc_size as usize;
         let per_block = bs / ds;
@@ -93,12 +117,17 @@ impl<R: ReadAt> Ext4<R> {
                 if g == sb.groups {
                     break;
                 }
-                groups.push(Group::decode(&sb, g, d)?);
+                groups.push(Group::decode(&sb, g, d, verify)?);
                 g += 1;
             }
             i += 1;
         }
-        Ok(Ext4 { src, sb, groups })
+        Ok(Ext4 {
+            src,
+            sb,
+            groups,
+            verify,
+        })
     }
 
     pub fn superblock(&self) -> &Superblock {

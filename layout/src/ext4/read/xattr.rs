@@ -3,7 +3,7 @@
 //! get their prefixes back; POSIX ACLs go from ext4's compact form back to
 //! the VFS form `getxattr` returns; values in EA inodes are read.
 
-use super::error::{BlockKind, ReadError, Result, Where};
+use super::error::{check_csum, BlockKind, ReadError, Result, Where};
 use super::extent::Extent;
 use super::inode::{Inode, Xattr, EXT4_EA_INODE_FL, GOOD_OLD_INODE_SIZE};
 use super::le::{le16, le32};
@@ -158,13 +158,12 @@ impl<R: ReadAt> Ext4<R> {
             let mut z = b.clone();
             z[16..20].fill(0);
             let computed = crc(crc(seed, &blk.to_le_bytes()), &z);
-            if stored != computed {
-                return Err(ReadError::Checksum {
-                    at: Where::block(i.ino, BlockKind::XattrBlock, blk),
-                    stored,
-                    computed,
-                });
-            }
+            check_csum(
+                self.verify,
+                Where::block(i.ino, BlockKind::XattrBlock, blk),
+                stored,
+                computed,
+            )?;
         }
         self.parse_entries(i.ino, &b, 32, 0, &at, out)
     }
