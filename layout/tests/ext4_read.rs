@@ -594,6 +594,93 @@ fn kernel_written_ext4_reads_back() {
     assert_eq!(fs.extents(ino).unwrap().len(), 2000);
     let e = fs.read_dir(fs.lookup(b"/many").unwrap().unwrap()).unwrap();
     assert_eq!(e.len(), 12_000 - 12_000usize.div_ceil(7) + 2);
+    assert_created(&fs, 4096);
+}
+
+/// What `kernel_writes` made, checked against what was asked for (not only
+/// against the kernel's view of it).
+fn assert_created<R: layout::ext4::read::ReadAt>(fs: &Ext4<R>, bs: usize) {
+    let get = |p: &[u8]| {
+        let ino = fs
+            .lookup(p)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{}", String::from_utf8_lossy(p)));
+        fs.inode(ino).unwrap()
+    };
+    let hello = get(b"/hello");
+    assert_eq!(hello.perm(), 0o4755);
+    assert_eq!(hello.links, 4);
+    let acl = &hello
+        .xattrs
+        .iter()
+        .find(|x| x.name == b"system.posix_acl_access")
+        .expect("an access ACL")
+        .value;
+    let mut want = 2u32.to_le_bytes().to_vec();
+    // setfacl -m u:1000:rw,g:100:r,m::rw, then chmod 4755 (owner rwx,
+    // mask and other r-x).
+    for (tag, perm, id) in [
+        (1u16, 7u16, u32::MAX),
+        (2, 6, 1000),
+        (4, 4, u32::MAX),
+        (8, 4, 100),
+        (0x10, 5, u32::MAX),
+        (0x20, 5, u32::MAX),
+    ] {
+        want.extend_from_slice(&tag.to_le_bytes());
+        want.extend_from_slice(&perm.to_le_bytes());
+        want.extend_from_slice(&id.to_le_bytes());
+    }
+    assert_eq!(acl, &want, "the access ACL in the VFS format");
+    let xa = get(b"/xa");
+    let names: Vec<&[u8]> = xa.xattrs.iter().map(|x| &x.name[..]).collect();
+    assert_eq!(
+        names,
+        [
+            &b"security.s"[..],
+            b"system.posix_acl_default",
+            b"trusted.t",
+            b"user.big",
+            b"user.empty"
+        ]
+    );
+    assert_ne!(xa.xattr_block, 0, "user.big lives in the xattr block");
+    assert_eq!(xa.xattrs[3].value, vec![b'b'; bs / 2]);
+    assert!(xa.xattrs[4].value.is_empty());
+    let empty = get(b"/empty");
+    assert_eq!((empty.uid, empty.gid, empty.size), (1234, 70000, 0));
+    assert_eq!(get(b"/dev/null").device, Some((1, 3)));
+    assert_eq!(get(b"/dev/tty").device, Some((4, 64)));
+    assert_eq!(get(b"/dev/big").device, Some((259, 70000)));
+    assert_eq!(get(b"/dev/fifo").kind, fragments::Kind::Fifo);
+    assert_eq!(get(b"/dev/sock").kind, fragments::Kind::Socket);
+    assert_eq!(get(b"/short-link").symlink.as_deref(), Some(&b"hello"[..]));
+    assert_eq!(get(b"/long-link").symlink, Some(vec![b'l'; 300]));
+    assert_eq!(get(b"/max-link").symlink, Some(vec![b'm'; bs - 1]));
+    let t = |p: &[u8]| get(p).mtime;
+    // 2001-02-03 04:05:06.123456789 UTC, 1960-06-07 08:09:10.5, 2300-01-01.
+    assert_eq!(
+        (t(b"/times/a").sec, t(b"/times/a").nsec),
+        (981_173_106, 123_456_789)
+    );
+    assert_eq!(
+        (t(b"/times/pre-1970").sec, t(b"/times/pre-1970").nsec),
+        (-301_938_650, 500_000_000)
+    );
+    assert_eq!(t(b"/times/after-2038").sec, 10_413_792_000);
+    let deep: Vec<u8> = (0..60)
+        .map(|k| format!("/level-{k}"))
+        .collect::<String>()
+        .into_bytes();
+    let leaf = fs
+        .lookup(&[&b"/deep"[..], &deep, b"/leaf"].concat())
+        .unwrap()
+        .unwrap();
+    let mut b = [0u8; 9];
+    assert_eq!(fs.read(leaf, 0, &mut b).unwrap(), 9);
+    assert_eq!(&b, b"deep leaf");
+    let pre = fs.lookup(b"/big/prealloc").unwrap().unwrap();
+    assert!(fs.extents(pre).unwrap().iter().any(|e| e.unwritten));
 }
 
 #[test]
@@ -613,6 +700,7 @@ fn kernel_written_variants_read_back() {
         ),
         ("ea_inode", 4096, "ea_inode", &[][..]),
         ("small-inodes", 4096, "", &["-I", "128"][..]),
+        ("meta_bg", 1024, "meta_bg,^64bit", &[][..]),
     ] {
         let img = t.path().join(format!("{name}.img"));
         mkfs(&img, "300M", block, features, extra);
@@ -628,6 +716,9 @@ fn kernel_written_variants_read_back() {
         let mut b = [0u8; 6];
         assert_eq!(fs.read(ino, 100 << 20, &mut b).unwrap(), 6, "{name}");
         assert_eq!(&b, b"middle", "{name}");
+        if ["1k", "nocsum", "ea_inode", "meta_bg"].contains(&name) {
+            assert_created(&fs, block as usize);
+        }
         if name == "ext3" {
             assert!(
                 !fs.inode(ino).unwrap().has_extents(),

@@ -48,7 +48,7 @@ impl<R: ReadAt> Ext4<R> {
     pub(crate) fn extents_of(&self, i: &Inode) -> Result<Vec<Extent>> {
         match i.kind {
             Kind::Regular | Kind::Directory => {}
-            Kind::Symlink if !i.has_extents() && i.size < 60 => return Ok(Vec::new()),
+            Kind::Symlink if self.is_fast_symlink(i) => return Ok(Vec::new()),
             Kind::Symlink => {}
             _ => return Ok(Vec::new()),
         }

@@ -308,17 +308,21 @@ impl<R: ReadAt> Ext4<R> {
         Ok(i)
     }
 
-    /// Fast symlinks keep the target in i_block; slow ones in a data block.
-    fn symlink_target(&self, i: &Inode) -> Result<Vec<u8>> {
-        let at = || Where::Inode(i.ino);
-        // The kernel's rule (ext4_inode_is_fast_symlink): no blocks but
-        // the xattr block's.
+    /// The kernel's rule (ext4_inode_is_fast_symlink): a symlink with no
+    /// blocks but its xattr block's keeps its target in i_block.
+    pub(crate) fn is_fast_symlink(&self, i: &Inode) -> bool {
         let ea_blocks = if i.xattr_block != 0 {
             self.sb.block_size as u64 / 512
         } else {
             0
         };
-        if i.flags & EXT4_EA_INODE_FL == 0 && i.blocks_512 == ea_blocks {
+        i.kind == Kind::Symlink && i.flags & EXT4_EA_INODE_FL == 0 && i.blocks_512 == ea_blocks
+    }
+
+    /// Fast symlinks keep the target in i_block; slow ones in a data block.
+    fn symlink_target(&self, i: &Inode) -> Result<Vec<u8>> {
+        let at = || Where::Inode(i.ino);
+        if self.is_fast_symlink(i) {
             if i.size >= 60 {
                 return Err(ReadError::corrupt(
                     at(),
