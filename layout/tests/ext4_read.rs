@@ -392,7 +392,7 @@ fn compare_with_debugfs<R: layout::ext4::read::ReadAt>(img: &Path, fs: &Ext4<R>)
             if let Some(at) = stat.find("Fast link dest: \"") {
                 let rest = &stat[at + 17..];
                 let end = rest.rfind('"').unwrap();
-                assert_eq!(rest[..end].as_bytes(), &t[..], "{}", what("fast symlink"));
+                assert_eq!(&rest.as_bytes()[..end], &t[..], "{}", what("fast symlink"));
             }
         }
         // Extents: debugfs's leaf lines "l/ L  e/ E  lstart - lend  pstart - pend  len [Uninit]".

@@ -245,7 +245,7 @@ impl<R: ReadAt> Ext4<R> {
             let e_ino = le32(b, off);
             let rec_len = self.rec_len(b, off);
             let name_len = b[off + 6] as usize;
-            if rec_len < 12 || rec_len % 4 != 0 {
+            if rec_len < 12 || !rec_len.is_multiple_of(4) {
                 return bad(
                     off + 4,
                     "rec_len",

@@ -173,7 +173,7 @@ impl<R: ReadAt> Ext4<R> {
         }
         let extra_isize = if isz > GOOD_OLD_INODE_SIZE {
             let e = le16(&b, 0x80) as usize;
-            if e > isz - GOOD_OLD_INODE_SIZE || e % 4 != 0 {
+            if e > isz - GOOD_OLD_INODE_SIZE || !e.is_multiple_of(4) {
                 return Err(ReadError::corrupt(
                     at(),
                     "i_extra_isize",

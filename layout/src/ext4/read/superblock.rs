@@ -373,7 +373,7 @@ impl Superblock {
         if g == 1 || !self.has_ro_compat(disk::RO_COMPAT_SPARSE_SUPER) {
             return true;
         }
-        if g % 2 == 0 {
+        if g.is_multiple_of(2) {
             return false;
         }
         [3u64, 5, 7].iter().any(|&base| {
