@@ -9,7 +9,8 @@
 //!     |                   device numbers, symlink target, xattrs (ACLs as VFS)
 //!     +--extents(ino)---> Vec<Extent>: extent trees of any depth, or the old
 //!     |                   indirect block map
-//!     +--read(ino, ..)--> bytes; holes and unwritten extents read as zeros
+//!     +--read(ino, ..)--> bytes; holes and unwritten extents read as zeros;
+//!     |                   short at i_size, 0 past it (like pread)
 //!     +--read_dir(ino)--> Vec<DirEntry>: linear, htree index blocks skipped
 //!     +--walk()---------> every path with its inode, depth first, by name
 //! ```
@@ -22,7 +23,8 @@
 //! checksum metadata_csum defines on what is read is verified: superblock,
 //! group descriptors, inodes, extent blocks, directory leaves and htree
 //! nodes, xattr blocks. Errors name the structure, the inode, the block,
-//! the byte and the field.
+//! the byte and the field. [`Options::verify_checksums`] off ignores
+//! mismatches (damaged images, fuzzing) and checks everything else.
 //!
 //! Refused at open, never read half: `needs_recovery` (an unreplayed
 //! journal), orphans (`s_last_orphan`, `orphan_present`), `inline_data`,
