@@ -89,3 +89,23 @@ for f in ./*.frag; do
 done
 
 echo "seeds: $(ls ./*.frag | wc -l) fragments (and their metadata regions) into fuzz/corpus/{fragment_open,fragment_unsigned_parse,fragment_resigned}/"
+
+# ext4_read: ext4 images. Volumes the generator makes (free = 0: ~4 MiB,
+# mostly the journal's zeros) from the trees above, and small ones from
+# mke2fs -d (1 KiB blocks, no journal) with and without metadata_csum.
+ext4="$root/fuzz/corpus/ext4_read"
+mkdir -p "$ext4"
+for t in tiny mixed sparse; do
+  printf 'name = "%s"\nfragments = ["%s.frag"]\ntrust = ["key.pub"]\n[filesystem]\nfree = 0\n' \
+    "$t" "$t" >"$t.toml"
+  quiet "$mosaic" volume export "$t.toml" -o "$ext4/volume-$t.img"
+done
+if command -v mke2fs >/dev/null 2>&1; then
+  for f in "" "^metadata_csum,"; do
+    img="$ext4/mke2fs-${f:+nocsum-}mixed.img"
+    rm -f "$img"
+    quiet mke2fs -q -F -t ext4 -b 1024 -N 64 -O "${f}^has_journal,^resize_inode" \
+      -d mixed "$img" 384k
+  done
+fi
+echo "seeds: $(ls "$ext4" | wc -l) ext4 images into fuzz/corpus/ext4_read/"

@@ -33,6 +33,7 @@ mod generate;
 mod geometry;
 pub(crate) mod limits;
 mod place;
+pub mod read;
 
 pub use limits::{Ext4Error, DIR_MAX_ENTRIES, MAX_FREE_BYTES};
 
