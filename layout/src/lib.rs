@@ -28,7 +28,16 @@
 //!   determines the bytes.
 //! - Deterministic: same fragments and options, same tree, map and identity.
 //!
-//! It does not read file data or verify data blocks: that is `volume`'s job.
+//! - `ext4::read`: the other direction, a reader of an ext4 image that a
+//!   guest wrote (the synthesized volume plus the guest's overlay), for
+//!   capturing what the guest changed. Its input is untrusted: every
+//!   structure is checked (and its checksum, under metadata_csum) before it
+//!   is used, features it cannot read faithfully (inline_data, encrypt,
+//!   casefold, verity, a journal that needs recovery, a non-empty orphan
+//!   list) are refused at open, and errors name the inode, block and field.
+//!
+//! When synthesizing, it does not read file data or verify data blocks:
+//! that is `volume`'s job.
 
 mod conflict;
 pub mod error;
